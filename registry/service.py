@@ -1,0 +1,483 @@
+"""`Registry`: the Python API that training, the server and the CLI share."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from registry import repository as repo
+from registry.artifacts import ArtifactStore
+from registry.db import check_schema, create_registry_engine, first_line, redact, write_engine
+from registry.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+)
+from registry.orm import AliasHistory, ModelVersion, RegisteredModel, VersionArtifact
+from registry.schemas import (
+    ALIAS_RE,
+    MODEL_NAME_RE,
+    AliasMove,
+    ArtifactRef,
+    ModelInfo,
+    VersionInfo,
+    VersionMetadata,
+)
+from registry.settings import RegistrySettings
+
+GC_GRACE_SECONDS = 3600
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+
+def validate_model_name(name: str) -> str:
+    if not MODEL_NAME_RE.fullmatch(name) or len(name) > 200:
+        raise InvalidInputError(
+            f"invalid model name {name!r}: use lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_alias(alias: str) -> str:
+    if not ALIAS_RE.fullmatch(alias) or len(alias) > 100:
+        raise InvalidInputError(
+            f"invalid alias {alias!r}: use lowercase letters, digits, '_' or '-', starting with a letter"
+        )
+    return alias
+
+
+def parse_metadata(raw: Mapping[str, Any] | VersionMetadata) -> VersionMetadata:
+    if isinstance(raw, VersionMetadata):
+        return raw
+    try:
+        return VersionMetadata.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "metadata"
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise InvalidInputError(f"invalid metadata: {where}: {first['msg']}{more}") from None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed `NAME`, `NAME:VERSION` or `NAME@ALIAS`."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        if "@" in text:
+            name, alias = text.split("@", 1)
+            return cls(validate_model_name(name), alias=validate_alias(alias))
+        if ":" in text:
+            name, version = text.split(":", 1)
+            if not version.isdigit() or int(version) < 1:
+                raise InvalidInputError(
+                    f"invalid version {version!r} in {text!r}: expected a positive integer"
+                )
+            return cls(validate_model_name(name), version=int(version))
+        return cls(validate_model_name(text))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One artifact that failed verification."""
+
+    model_name: str
+    version: int
+    artifact: str
+    detail: str
+
+
+class Registry:
+    """Models, versions, aliases and their history in SQL; artifacts in a content-addressed store."""
+
+    def __init__(self, *, database_url: str, artifacts_dir: Path | str, check: bool = True) -> None:
+        self.engine: Engine = create_registry_engine(database_url)
+        self._write_engine = write_engine(self.engine)
+        self.store = ArtifactStore(Path(artifacts_dir))
+        self._schema_checked = not check
+
+    @classmethod
+    def from_settings(cls, settings: RegistrySettings | None = None, *, check: bool = True) -> Registry:
+        settings = settings or RegistrySettings()
+        return cls(database_url=settings.database_url, artifacts_dir=settings.artifacts_dir, check=check)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sessions --------------------------------------------------------------------------
+
+    @contextmanager
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        if not self._schema_checked:
+            check_schema(self.engine)
+            self._schema_checked = True
+        bind = self._write_engine if write else self.engine
+        try:
+            with Session(bind, expire_on_commit=False) as session, session.begin():
+                yield session
+        except RegistryError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise DatabaseUnavailableError(
+                    f"registry database {redact(self.engine)} failed: {first_line(exc)}"
+                ) from exc
+            raise
+
+    def _model(self, session: Session, name: str, *, for_update: bool = False) -> RegisteredModel:
+        validate_model_name(name)
+        model = repo.get_model(session, name, for_update=for_update)
+        if model is None:
+            raise NotFoundError(f"no model named {name!r}")
+        return model
+
+    def _version_row(self, session: Session, model: RegisteredModel, version: int) -> ModelVersion:
+        row = repo.get_version(session, model.id, version)
+        if row is None:
+            raise NotFoundError(f"model {model.name!r} has no version {version}")
+        return row
+
+    def _to_info(
+        self, session: Session, model: RegisteredModel, row: ModelVersion, aliases: dict[str, int]
+    ) -> VersionInfo:
+        extras = repo.list_extras(session, model.id, row.version)
+        return _version_info(model.name, row, extras, aliases)
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register(
+        self,
+        *,
+        name: str,
+        onnx_path: Path | str,
+        metadata: Mapping[str, Any] | VersionMetadata,
+        extras: Mapping[str, Path | str] | None = None,
+        actor: str | None = None,
+        description: str | None = None,
+    ) -> VersionInfo:
+        """Store the artifact and its extras, then add the next version in one transaction."""
+        validate_model_name(name)
+        meta = parse_metadata(metadata)
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise InvalidInputError(f"model file {str(onnx_path)!r} does not exist")
+        if onnx_path.stat().st_size == 0:
+            raise InvalidInputError(f"model file {str(onnx_path)!r} is empty")
+        extra_paths = {key: Path(value) for key, value in (extras or {}).items()}
+        for key, path in extra_paths.items():
+            if not key or "/" in key or key.startswith("."):
+                raise InvalidInputError(f"invalid extra artifact name {key!r}")
+            if not path.is_file():
+                raise InvalidInputError(f"extra artifact {str(path)!r} does not exist")
+
+        sha, size = self.store.put_file(onnx_path)
+        stored_extras = {key: self.store.put_file(path) for key, path in extra_paths.items()}
+
+        with self._session(write=True) as session:
+            repo.ensure_model(session, name, description or meta.description)
+        with self._session(write=True) as session:
+            model = self._model(session, name, for_update=True)
+            number = repo.allocate_version(session, model.id)
+            row = ModelVersion(
+                model_id=model.id,
+                version=number,
+                status="ready",
+                sha256=sha,
+                size=size,
+                format="onnx",
+                meta=meta.model_dump(mode="json"),
+                created_by=actor or default_actor(),
+            )
+            extra_rows = [
+                VersionArtifact(model_id=model.id, version=number, name=key, sha256=esha, size=esize)
+                for key, (esha, esize) in sorted(stored_extras.items())
+            ]
+            repo.add_version(session, row, extra_rows)
+            return _version_info(name, row, extra_rows, {})
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelInfo]:
+        with self._session() as session:
+            aliases = repo.aliases_by_model(session)
+            return [_model_info(m, aliases.get(m.id, {})) for m in repo.list_models(session)]
+
+    def get_model(self, name: str) -> ModelInfo:
+        with self._session() as session:
+            model = self._model(session, name)
+            return _model_info(model, repo.aliases_of_model(session, model.id))
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        with self._session() as session:
+            model = self._model(session, name)
+            aliases = repo.aliases_of_model(session, model.id)
+            extras: dict[int, list[VersionArtifact]] = {}
+            for extra in repo.list_extras(session, model.id):
+                extras.setdefault(extra.version, []).append(extra)
+            return [
+                _version_info(name, row, extras.get(row.version, []), aliases)
+                for row in repo.list_versions(session, model.id)
+            ]
+
+    def get_version(self, name: str, version: int) -> VersionInfo:
+        with self._session() as session:
+            model = self._model(session, name)
+            row = self._version_row(session, model, version)
+            return self._to_info(session, model, row, repo.aliases_of_model(session, model.id))
+
+    def resolve(self, name: str, alias: str) -> VersionInfo:
+        """The version an alias points to."""
+        validate_alias(alias)
+        with self._session() as session:
+            model = self._model(session, name)
+            aliases = repo.aliases_of_model(session, model.id)
+            if alias not in aliases:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+            row = self._version_row(session, model, aliases[alias])
+            return self._to_info(session, model, row, aliases)
+
+    def get(self, reference: str | Reference) -> VersionInfo:
+        """Look up `NAME:VERSION`, `NAME@ALIAS`, or `NAME` (its latest version)."""
+        ref = Reference.parse(reference) if isinstance(reference, str) else reference
+        if ref.alias is not None:
+            return self.resolve(ref.name, ref.alias)
+        if ref.version is not None:
+            return self.get_version(ref.name, ref.version)
+        versions = self.list_versions(ref.name)
+        if not versions:
+            raise NotFoundError(f"model {ref.name!r} has no versions")
+        return versions[-1]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        with self._session() as session:
+            return repo.aliases_of_model(session, self._model(session, name).id)
+
+    def history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        if alias is not None:
+            validate_alias(alias)
+        with self._session() as session:
+            model = self._model(session, name)
+            return [_move(name, entry) for entry in repo.history(session, model.id, alias)]
+
+    def open_artifact(self, name: str, version: int) -> bytes:
+        """The version's ONNX bytes, checked against the recorded sha256."""
+        info = self.get_version(name, version)
+        return self.store.read(info.sha256, what=f"{name} v{version}")
+
+    def read_extra(self, name: str, version: int, extra: str) -> bytes:
+        info = self.get_version(name, version)
+        for ref in info.extras:
+            if ref.name == extra:
+                return self.store.read(ref.sha256, what=f"{name} v{version} extra {extra!r}")
+        raise NotFoundError(f"{name} v{version} has no extra artifact {extra!r}")
+
+    # -- alias moves ---------------------------------------------------------------------------
+
+    def promote(
+        self,
+        *,
+        name: str,
+        version: int,
+        alias: str = "production",
+        actor: str | None = None,
+        reason: str = "",
+    ) -> AliasMove:
+        """Point ``alias`` at ``version``."""
+        validate_alias(alias)
+        with self._session(write=True) as session:
+            model = self._model(session, name, for_update=True)
+            row = self._version_row(session, model, version)
+            if row.status == "archived":
+                raise ConflictError(f"{name} v{version} is archived and cannot be promoted")
+            current = repo.get_alias(session, model.id, alias)
+            previous = current.version if current is not None else None
+            if previous == version:
+                raise ConflictError(f"alias {alias!r} of {name!r} already points to v{version}")
+            return self._move(session, model, alias, previous, version, "promote", actor, reason)
+
+    def rollback(
+        self, *, name: str, alias: str = "production", actor: str | None = None, reason: str = ""
+    ) -> AliasMove:
+        """Move ``alias`` back to the version it held before its current one.
+
+        The history is replayed as a stack: a promotion pushes, a rollback pops and a
+        removal clears, so repeated rollbacks walk further back rather than flip-flop.
+        """
+        validate_alias(alias)
+        with self._session(write=True) as session:
+            model = self._model(session, name, for_update=True)
+            current = repo.get_alias(session, model.id, alias)
+            if current is None:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+            stack: list[int] = []
+            for entry in repo.history(session, model.id, alias):
+                if entry.action == "promote" and entry.to_version is not None:
+                    stack.append(entry.to_version)
+                elif entry.action == "rollback" and stack:
+                    stack.pop()
+                elif entry.action == "remove":
+                    stack.clear()
+            if len(stack) < 2 or stack[-1] != current.version:
+                raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
+            target = stack[-2]
+            if self._version_row(session, model, target).status == "archived":
+                raise ConflictError(f"cannot roll {alias!r} back to {name} v{target}: it is archived")
+            return self._move(session, model, alias, current.version, target, "rollback", actor, reason)
+
+    def remove_alias(self, *, name: str, alias: str, actor: str | None = None, reason: str = "") -> AliasMove:
+        validate_alias(alias)
+        with self._session(write=True) as session:
+            model = self._model(session, name, for_update=True)
+            current = repo.get_alias(session, model.id, alias)
+            if current is None:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+            return self._move(session, model, alias, current.version, None, "remove", actor, reason)
+
+    def _move(
+        self,
+        session: Session,
+        model: RegisteredModel,
+        alias: str,
+        from_version: int | None,
+        to_version: int | None,
+        action: str,
+        actor: str | None,
+        reason: str,
+    ) -> AliasMove:
+        if to_version is None:
+            repo.delete_alias(session, model.id, alias)
+        else:
+            repo.set_alias(session, model.id, alias, to_version)
+        entry = AliasHistory(
+            model_id=model.id,
+            alias=alias,
+            from_version=from_version,
+            to_version=to_version,
+            action=action,
+            actor=actor or default_actor(),
+            reason=reason,
+        )
+        repo.append_history(session, entry)
+        return _move(model.name, entry)
+
+    def archive(self, *, name: str, version: int) -> VersionInfo:
+        with self._session(write=True) as session:
+            model = self._model(session, name, for_update=True)
+            row = self._version_row(session, model, version)
+            aliases = repo.aliases_of_model(session, model.id)
+            holding = sorted(a for a, v in aliases.items() if v == version)
+            if holding:
+                raise ConflictError(
+                    f"{name} v{version} is what {', '.join(holding)} points to: "
+                    "move the alias first, then archive"
+                )
+            row.status = "archived"
+            session.flush()
+            return self._to_info(session, model, row, aliases)
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def verify(self) -> tuple[int, list[Problem]]:
+        """Re-hash every artifact; returns (number checked, problems)."""
+        with self._session() as session:
+            versions = repo.all_versions_with_names(session)
+            extras = repo.all_extras_with_names(session)
+        problems: list[Problem] = []
+        for name, row in versions:
+            if detail := self.store.verify(row.sha256):
+                problems.append(Problem(name, row.version, "model.onnx", detail))
+        for name, extra in extras:
+            if detail := self.store.verify(extra.sha256):
+                problems.append(Problem(name, extra.version, extra.name, detail))
+        return len(versions) + len(extras), problems
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> list[tuple[str, int]]:
+        """Delete blobs no version references; returns (sha256, bytes) of each.
+
+        Blobs younger than ``grace_seconds`` are kept: a registration in progress has
+        written its blob but not yet committed the version that references it.
+        """
+        with self._session() as session:
+            referenced = repo.referenced_shas(session)
+        now = time.time()
+        removed: list[tuple[str, int]] = []
+        for sha in list(self.store.iter_blobs()):
+            path = self.store.path_for(sha)
+            if sha in referenced or now - path.stat().st_mtime < grace_seconds:
+                continue
+            size = path.stat().st_size if dry_run else self.store.delete(sha)
+            removed.append((sha, size))
+        tmp = self.store.root / "tmp"
+        if tmp.is_dir() and not dry_run:
+            for leftover in tmp.iterdir():
+                if now - leftover.stat().st_mtime >= grace_seconds:
+                    leftover.unlink()
+        return removed
+
+
+def _model_info(model: RegisteredModel, aliases: dict[str, int]) -> ModelInfo:
+    return ModelInfo(
+        name=model.name,
+        description=model.description,
+        created_at=model.created_at,
+        latest_version=model.last_version,
+        aliases=aliases,
+    )
+
+
+def _version_info(name: str, row: ModelVersion, extras: Any, aliases: dict[str, int]) -> VersionInfo:
+    return VersionInfo(
+        model_name=name,
+        version=row.version,
+        status=row.status,
+        sha256=row.sha256,
+        size=row.size,
+        format=row.format,
+        metadata=VersionMetadata.model_validate(row.meta),
+        extras=[ArtifactRef(name=e.name, sha256=e.sha256, size=e.size) for e in extras],
+        aliases=sorted(a for a, v in aliases.items() if v == row.version),
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
+
+
+def _move(name: str, entry: AliasHistory) -> AliasMove:
+    return AliasMove(
+        model_name=name,
+        alias=entry.alias,
+        from_version=entry.from_version,
+        to_version=entry.to_version,
+        action=entry.action,
+        actor=entry.actor,
+        reason=entry.reason,
+        created_at=entry.created_at,
+    )

@@ -1,0 +1,131 @@
+"""Fixtures shared by every test package: registry backends (SQLite and a real PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from registry import Registry
+from registry.db import create_registry_engine, upgrade
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's registry lives; `env` is what a subprocess needs to find it."""
+
+    kind: str
+    database_url: str
+    artifacts_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "REGISTRY_DATABASE_URL": self.database_url,
+            "REGISTRY_ARTIFACTS_DIR": str(self.artifacts_dir),
+        }
+
+    def registry(self) -> Registry:
+        return Registry(database_url=self.database_url, artifacts_dir=self.artifacts_dir)
+
+
+class PostgresServer:
+    """Creates throwaway databases, each a copy of one migrated template."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = make_url(admin_url)
+        self.admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.template = f"imgserve_tpl_{uuid.uuid4().hex[:8]}"
+        self.created: list[str] = []
+
+    def url_for(self, database: str) -> str:
+        return self.admin_url.set(database=database).render_as_string(hide_password=False)
+
+    def start(self) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.template}"'))
+        engine = create_registry_engine(self.url_for(self.template))
+        upgrade(engine)
+        engine.dispose()
+
+    def new_database(self, *, migrated: bool = True) -> str:
+        name = f"imgserve_test_{uuid.uuid4().hex[:10]}"
+        template = f' TEMPLATE "{self.template}"' if migrated else ""
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
+        self.created.append(name)
+        return self.url_for(name)
+
+    def stop(self) -> None:
+        with self.admin.connect() as conn:
+            for name in [*self.created, self.template]:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    try:
+        server = PostgresServer(POSTGRES_ADMIN_URL)
+        server.start()
+    except Exception as exc:
+        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(exc).splitlines()[0]}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"{reason} (REQUIRE_POSTGRES=1 forbids skipping)")
+        yield None
+        return
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres(postgres_server: PostgresServer | None) -> PostgresServer:
+    if postgres_server is None:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}; set TEST_POSTGRES_URL")
+    return postgres_server
+
+
+def _sqlite_backend(tmp_path: Path, *, migrated: bool = True) -> Backend:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    if migrated:
+        engine = create_registry_engine(url)
+        upgrade(engine)
+        engine.dispose()
+    return Backend("sqlite", url, tmp_path / "artifacts")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A fresh, migrated registry database of each kind, with its own artifact directory."""
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return Backend("postgres", server.new_database(), tmp_path / "artifacts")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Like `backend`, but the database has no schema yet."""
+    if request.param == "sqlite":
+        return _sqlite_backend(tmp_path, migrated=False)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return Backend("postgres", server.new_database(migrated=False), tmp_path / "artifacts")
+
+
+@pytest.fixture
+def registry(backend: Backend) -> Iterator[Registry]:
+    reg = backend.registry()
+    yield reg
+    reg.close()

@@ -1,0 +1,84 @@
+"""Small, real ONNX classifiers honouring the model contract, built without TensorFlow.
+
+The graph averages each colour channel and scores labels from those means, so a
+test can predict the answer: with labels red/green/blue, a red image is "red".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def color_classifier(
+    path: Path,
+    *,
+    size: int = 16,
+    kind: str = "softmax",
+    input_name: str = "image",
+    output_name: str = "probabilities",
+    gain: float = 10.0,
+    bias: float = 0.0,
+) -> Path:
+    """Write an ONNX model: uint8 [N, size, size, 3] → softmax over (R, G, B) or sigmoid of G - R."""
+    if kind == "softmax":
+        weights = np.eye(3, dtype=np.float32) * gain
+        head = helper.make_node("Softmax", ["logits"], [output_name], axis=-1)
+        out_dim = 3
+    else:
+        weights = np.array([[-gain], [gain], [0.0]], dtype=np.float32)
+        head = helper.make_node("Sigmoid", ["logits"], [output_name])
+        out_dim = 1
+    nodes = [
+        helper.make_node("Cast", [input_name], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["as_float", "scale"], ["scaled"]),
+        helper.make_node("ReduceMean", ["scaled"], ["means"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["means", "weights"], ["product"]),
+        helper.make_node("Add", ["product", "bias"], ["logits"]),
+        head,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "color_classifier",
+        [helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", out_dim])],
+        initializer=[
+            numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale"),
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.full((out_dim,), bias, dtype=np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def color_metadata(
+    *,
+    size: int = 16,
+    kind: str = "softmax",
+    input_name: str = "image",
+    output_name: str = "probabilities",
+    labels: list[str] | None = None,
+    accuracy: float = 1.0,
+) -> dict[str, Any]:
+    if labels is None:
+        labels = ["red", "green", "blue"] if kind == "softmax" else ["red", "green"]
+    return {
+        "contract": {
+            "input": {"name": input_name, "shape": [None, size, size, 3], "dtype": "uint8"},
+            "output": {"name": output_name, "kind": kind},
+            "labels": labels,
+            "preprocessing": {"size": [size, size], "resize_method": "bilinear", "color_mode": "rgb"},
+        },
+        "metrics": {"accuracy": accuracy},
+        "params": {"kind": "test-color-classifier"},
+        "library_versions": {"onnx": onnx.__version__},
+    }

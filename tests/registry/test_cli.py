@@ -1,0 +1,165 @@
+"""The `registry` command as ops run it: a real process, real exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Backend
+from tests.onnx_models import color_classifier, color_metadata
+
+
+def run(backend: Backend, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", *args], env=backend.env, capture_output=True, text=True, timeout=60
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], exit_code: int, message: str) -> None:
+    assert proc.returncode == exit_code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("registry: error: ")
+    assert message in lines[0]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    model = color_classifier(tmp_path / "model.onnx")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(color_metadata()))
+    return model, meta
+
+
+def test_readme_workflow(backend: Backend, files: tuple[Path, Path]) -> None:
+    model, meta = files
+    assert (
+        "registered colors v1" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
+    )
+    assert (
+        "registered colors v2" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
+    )
+    run(backend, "promote", "colors", "1", "--reason", "first release", "--actor", "alice")
+    out = run(backend, "promote", "colors", "2", "--reason", "retrained", "--actor", "alice").stdout
+    assert "colors@production: v1 -> v2" in out
+    out = run(backend, "rollback", "colors", "--reason", "v2 regressed", "--actor", "bob").stdout
+    assert "colors@production: v2 -> v1 (rollback by bob)" in out
+
+    history = json.loads(run(backend, "history", "colors", "--json").stdout)
+    assert [(h["from_version"], h["to_version"], h["actor"], h["reason"]) for h in history] == [
+        (None, 1, "alice", "first release"),
+        (1, 2, "alice", "retrained"),
+        (2, 1, "bob", "v2 regressed"),
+    ]
+    table = run(backend, "history", "colors").stdout
+    assert "v2 regressed" in table
+    assert "rollback" in table
+
+    shown = run(backend, "show", "colors@production").stdout
+    assert "version:      1 (ready)" in shown
+    assert "labels:       red, green, blue" in shown
+    assert "checked 2 artifacts, 0 problems" in run(backend, "verify").stdout
+    models = json.loads(run(backend, "models", "--json").stdout)
+    assert models[0]["aliases"] == {"production": 1}
+    assert "production" in run(backend, "versions", "colors").stdout
+
+
+def test_actor_defaults_to_os_user(backend: Backend, files: tuple[Path, Path]) -> None:
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    run(backend, "promote", "colors", "1")
+    import getpass
+
+    assert json.loads(run(backend, "history", "colors", "--json").stdout)[0]["actor"] == getpass.getuser()
+
+
+def test_export_then_register_elsewhere(backend: Backend, files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    out_dir = tmp_path / "exported"
+    run(backend, "export", "colors:1", str(out_dir))
+    assert (out_dir / "model.onnx").read_bytes() == model.read_bytes()
+
+    other = Backend("sqlite", f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-artifacts")
+    run(other, "db", "upgrade")
+    run(other, "register", "colors", str(out_dir / "model.onnx"), "--meta", str(out_dir / "meta.json"))
+    original = json.loads(run(backend, "show", "colors:1", "--json").stdout)
+    copied = json.loads(run(other, "show", "colors:1", "--json").stdout)
+    assert copied["metadata"] == original["metadata"]
+    assert copied["sha256"] == original["sha256"]
+
+
+def test_verify_fails_on_corruption(backend: Backend, files: tuple[Path, Path]) -> None:
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    sha = json.loads(run(backend, "show", "colors:1", "--json").stdout)["sha256"]
+    blob = backend.artifacts_dir / "sha256" / sha[:2] / sha
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0x01
+    blob.write_bytes(bytes(data))
+    proc = run(backend, "verify", check=False)
+    assert proc.returncode == 6
+    assert "colors v1 model.onnx: sha256 mismatch" in proc.stderr
+    assert_one_line_error(
+        run(backend, "export", "colors:1", "/tmp/x", check=False), 6, "colors v1 is corrupted"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["show", "nosuch"], 3, "no model named 'nosuch'"),
+        (["show", "Bad:1"], 4, "invalid model name 'Bad'"),
+        (["show", "colors:x"], 4, "invalid version 'x'"),
+        (["show", "colors@staging"], 3, "has no alias 'staging'"),
+        (["promote", "colors", "9"], 3, "has no version 9"),
+        (["promote", "colors", "1", "--alias", "Prod"], 4, "invalid alias 'Prod'"),
+        (["rollback", "colors"], 3, "has no alias 'production'"),
+        (["register", "colors", "missing.onnx", "--meta", "missing.json"], 4, "does not exist"),
+    ],
+)
+def test_failures_are_one_line(
+    backend: Backend, files: tuple[Path, Path], args: list[str], code: int, message: str
+) -> None:
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    assert_one_line_error(run(backend, *args, check=False), code, message)
+
+
+def test_promoting_archived_version_fails(backend: Backend, files: tuple[Path, Path]) -> None:
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    run(backend, "archive", "colors", "1")
+    assert_one_line_error(run(backend, "promote", "colors", "1", check=False), 5, "archived")
+
+
+def test_bad_metadata_file(backend: Backend, files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = files
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_one_line_error(
+        run(backend, "register", "c", str(model), "--meta", str(bad), check=False), 4, "not valid JSON"
+    )
+    bad.write_text(json.dumps({"contract": {"labels": ["x"]}}))
+    assert_one_line_error(
+        run(backend, "register", "c", str(model), "--meta", str(bad), check=False), 4, "invalid metadata"
+    )
+
+
+def test_schema_out_of_date_and_upgrade(empty_backend: Backend) -> None:
+    assert_one_line_error(run(empty_backend, "models", check=False), 7, "run `registry db upgrade`")
+    assert "is at revision" in run(empty_backend, "db", "upgrade").stdout
+    run(empty_backend, "models")
+
+
+def test_unreachable_database(tmp_path: Path) -> None:
+    down = Backend("postgres", "postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path)
+    assert_one_line_error(run(down, "models", check=False), 7, "cannot reach the registry database")
