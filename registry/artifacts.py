@@ -72,9 +72,7 @@ class ArtifactStore:
             raise NotFoundError(f"artifact of {what} is missing from the store ({path})") from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
-            raise IntegrityError(
-                f"artifact of {what} is corrupted: sha256 is {actual}, expected {sha256} ({path})"
-            )
+            raise IntegrityError(f"artifact of {what} is corrupted: sha256 is {actual}, expected {sha256} ({path})")
         return data
 
     def verify(self, sha256: str) -> str | None:

@@ -100,9 +100,7 @@ def versions(name: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(
-    reference: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]")], as_json: JsonOpt = False
-) -> None:
+def show(reference: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]")], as_json: JsonOpt = False) -> None:
     """Show one version: contract, metrics, parity check and provenance."""
     with _registry() as reg:
         info = reg.get(reference)
@@ -147,9 +145,7 @@ def register(
     name: str,
     model: Annotated[Path, typer.Argument(metavar="MODEL.onnx")],
     meta: Annotated[Path, typer.Option("--meta", help="JSON metadata (as `registry export` writes).")],
-    extra: Annotated[
-        list[Path] | None, typer.Option("--extra", help="Extra file to keep with the version.")
-    ] = None,
+    extra: Annotated[list[Path] | None, typer.Option("--extra", help="Extra file to keep with the version.")] = None,
     description: Annotated[str | None, typer.Option(help="Model description (first registration).")] = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
@@ -213,9 +209,7 @@ def _report_move(move: AliasMove, as_json: bool) -> None:
         _print_json(move.model_dump(mode="json"))
         return
     before = f"v{move.from_version}" if move.from_version is not None else "(unset)"
-    typer.echo(
-        f"{move.model_name}@{move.alias}: {before} -> v{move.to_version} ({move.action} by {move.actor})"
-    )
+    typer.echo(f"{move.model_name}@{move.alias}: {before} -> v{move.to_version} ({move.action} by {move.actor})")
 
 
 @app.command()
@@ -317,9 +311,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
             raise
         except Exception as exc:
             raise RegistryError(f"migration failed on {db.redact(reg.engine)}: {db.first_line(exc)}") from exc
-        typer.echo(
-            f"registry database {db.redact(reg.engine)} is at revision {db.current_revision(reg.engine)}"
-        )
+        typer.echo(f"registry database {db.redact(reg.engine)} is at revision {db.current_revision(reg.engine)}")
 
 
 @db_app.command("current")

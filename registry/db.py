@@ -107,8 +107,7 @@ def check_schema(engine: Engine) -> None:
             f"the registry database {redact(engine)} has no schema yet: run `registry db upgrade`"
         )
     raise SchemaOutOfDateError(
-        f"the registry database schema is at revision {current}, this code needs {head}: "
-        "run `registry db upgrade`"
+        f"the registry database schema is at revision {current}, this code needs {head}: run `registry db upgrade`"
     )
 
 

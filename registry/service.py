@@ -93,9 +93,7 @@ class Reference:
         if ":" in text:
             name, version = text.split(":", 1)
             if not version.isdigit() or int(version) < 1:
-                raise InvalidInputError(
-                    f"invalid version {version!r} in {text!r}: expected a positive integer"
-                )
+                raise InvalidInputError(f"invalid version {version!r} in {text!r}: expected a positive integer")
             return cls(validate_model_name(name), version=int(version))
         return cls(validate_model_name(text))
 
@@ -397,8 +395,7 @@ class Registry:
             holding = sorted(a for a, v in aliases.items() if v == version)
             if holding:
                 raise ConflictError(
-                    f"{name} v{version} is what {', '.join(holding)} points to: "
-                    "move the alias first, then archive"
+                    f"{name} v{version} is what {', '.join(holding)} points to: move the alias first, then archive"
                 )
             row.status = "archived"
             session.flush()

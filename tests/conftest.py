@@ -15,9 +15,7 @@ from sqlalchemy.engine import make_url
 from registry import Registry
 from registry.db import create_registry_engine, upgrade
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
 
@@ -129,3 +127,60 @@ def registry(backend: Backend) -> Iterator[Registry]:
     reg = backend.registry()
     yield reg
     reg.close()
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """One short training run of `digits`, registered and promoted in its own SQLite registry."""
+
+    backend: Backend
+    run_dir: Path
+    stdout: str
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.run_dir / "model.onnx"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.run_dir / "meta.json"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.run_dir / "dataset"
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("digits-run")
+    backend = _sqlite_backend(root)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--max-per-class",
+            "60",
+            "--runs-dir",
+            str(root / "runs"),
+            "--register",
+            "digits",
+            "--promote",
+            "production",
+        ],
+        env=backend.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = (root / "runs").iterdir()
+    return TrainedRun(backend, run_dir, proc.stdout)

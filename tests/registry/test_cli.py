@@ -41,12 +41,8 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_readme_workflow(backend: Backend, files: tuple[Path, Path]) -> None:
     model, meta = files
-    assert (
-        "registered colors v1" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
-    )
-    assert (
-        "registered colors v2" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
-    )
+    assert "registered colors v1" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
+    assert "registered colors v2" in run(backend, "register", "colors", str(model), "--meta", str(meta)).stdout
     run(backend, "promote", "colors", "1", "--reason", "first release", "--actor", "alice")
     out = run(backend, "promote", "colors", "2", "--reason", "retrained", "--actor", "alice").stdout
     assert "colors@production: v1 -> v2" in out
@@ -108,9 +104,7 @@ def test_verify_fails_on_corruption(backend: Backend, files: tuple[Path, Path]) 
     proc = run(backend, "verify", check=False)
     assert proc.returncode == 6
     assert "colors v1 model.onnx: sha256 mismatch" in proc.stderr
-    assert_one_line_error(
-        run(backend, "export", "colors:1", "/tmp/x", check=False), 6, "colors v1 is corrupted"
-    )
+    assert_one_line_error(run(backend, "export", "colors:1", "/tmp/x", check=False), 6, "colors v1 is corrupted")
 
 
 @pytest.mark.parametrize(

@@ -66,9 +66,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> N
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(
-                f"worker exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"worker exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.05)
 

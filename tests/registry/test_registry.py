@@ -25,9 +25,7 @@ def model_file(tmp_path: Path) -> Path:
 
 
 def _register(registry: Registry, path: Path, name: str = "colors", **kw: object) -> int:
-    return registry.register(
-        name=name, onnx_path=path, metadata=color_metadata(), actor="alice", **kw
-    ).version
+    return registry.register(name=name, onnx_path=path, metadata=color_metadata(), actor="alice", **kw).version
 
 
 def test_versions_are_consecutive_and_carry_metadata(registry: Registry, model_file: Path) -> None:

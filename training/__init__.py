@@ -1,0 +1,1 @@
+"""The offline training job. The only package that imports TensorFlow."""
