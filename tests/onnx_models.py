@@ -23,10 +23,14 @@ def color_classifier(
     output_name: str = "probabilities",
     gain: float = 10.0,
     bias: float = 0.0,
+    permute: tuple[int, int, int] = (0, 1, 2),
 ) -> Path:
     """Write an ONNX model: uint8 [N, size, size, 3] → softmax over (R, G, B) or sigmoid of G - R."""
     if kind == "softmax":
-        weights = np.eye(3, dtype=np.float32) * gain
+        # Channel c scores label permute[c]: the identity maps red→red, (1, 0, 2) maps red→green.
+        weights = np.zeros((3, 3), dtype=np.float32)
+        for channel, label in enumerate(permute):
+            weights[channel, label] = gain
         head = helper.make_node("Softmax", ["logits"], [output_name], axis=-1)
         out_dim = 3
     else:

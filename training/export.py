@@ -15,6 +15,7 @@ import onnxruntime as ort
 from training.errors import TrainingError
 
 OPSET = 17
+OUTPUT_NAME = "probabilities"
 PARITY_TOLERANCE = 1e-4
 PARITY_MIN_SAMPLES = 64
 PARITY_BATCH_SIZES = (1, 7)
@@ -34,6 +35,8 @@ def export_onnx(model: keras.Model, path: Path) -> ExportedGraph:
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(str(path), format="onnx", opset_version=OPSET, verbose=False)
     proto = onnx.load(str(path))
+    _rename_output(proto, OUTPUT_NAME)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(proto)
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     (graph_input,) = proto.graph.input
@@ -44,6 +47,17 @@ def export_onnx(model: keras.Model, path: Path) -> ExportedGraph:
     if dims[0].HasField("dim_value"):
         raise TrainingError("exported graph has a fixed batch dimension; it must be dynamic")
     return ExportedGraph(path, graph_input.name, graph_output.name, opset)
+
+
+def _rename_output(proto: onnx.ModelProto, name: str) -> None:
+    """tf2onnx names the output after a TensorFlow op (`Identity:0`); give it a name that says what it is."""
+    old = proto.graph.output[0].name
+    if old == name:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [name if out == old else out for out in node.output]
+        node.input[:] = [name if inp == old else inp for inp in node.input]
+    proto.graph.output[0].name = name
 
 
 def top1(probabilities: np.ndarray) -> np.ndarray:

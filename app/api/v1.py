@@ -1,0 +1,142 @@
+"""The native REST API: predict by upload, the original's `/predict`, and served models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from app.api.deps import DecodeExecutorDep, ManagerDep, MetricsDep, SettingsDep
+from app.errors import BadRequestError, NotFoundError
+from app.models import LoadedVersion, ModelManager
+from app.schemas import ErrorBody, LegacyPrediction, LoadedVersionInfo, PredictResponse, ServedModelInfo
+from app.service import classify, rank, read_uploads
+
+router = APIRouter(tags=["predict"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "not an image, truncated, empty, or a malformed request"},
+    404: {"model": ErrorBody, "description": "unknown model, version or alias"},
+    413: {"model": ErrorBody, "description": "too many bytes, pixels or images"},
+    415: {"model": ErrorBody, "description": "body is neither multipart/form-data nor an image"},
+    503: {"model": ErrorBody, "description": "overloaded (see Retry-After) or the model is not loaded yet"},
+}
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "image": {"type": "string", "format": "binary", "description": "the original's field"},
+                    },
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+VersionQuery = Annotated[int | None, Query(ge=1, description="serve this version (loaded on first use)")]
+AliasQuery = Annotated[
+    str | None, Query(pattern=r"^[a-z][a-z0-9_-]*$", max_length=100, description="serve what this alias points to")
+]
+TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to rank per image")]
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=UPLOAD_BODY,
+    summary="Classify one or more uploaded images",
+)
+async def predict(
+    name: str,
+    request: Request,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    executor: DecodeExecutorDep,
+    version: VersionQuery = None,
+    alias: AliasQuery = None,
+    top_k: TopKQuery = 3,
+) -> PredictResponse:
+    """Multipart files in the field `images` (or the original's `image`), or one raw `image/*` body."""
+    if version is not None and alias is not None:
+        raise BadRequestError("give either version or alias, not both")
+    blobs = await read_uploads(request, settings.limits)
+    loaded, probabilities = await classify(
+        manager, name, blobs, settings=settings, metrics=metrics, executor=executor, version=version, alias=alias
+    )
+    labels = loaded.info.contract.labels
+    return PredictResponse(model=name, version=loaded.version, predictions=rank(probabilities, labels, top_k))
+
+
+@router.post(
+    "/predict",
+    response_model=LegacyPrediction,
+    responses=ERRORS,
+    openapi_extra=UPLOAD_BODY,
+    summary="The original endpoint: form field `image`, default model",
+)
+async def predict_legacy(
+    request: Request,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    executor: DecodeExecutorDep,
+) -> LegacyPrediction:
+    blobs = await read_uploads(request, settings.limits, fields=("image",))
+    if len(blobs) != 1:
+        raise BadRequestError(f"send exactly one file in the field 'image' (got {len(blobs)})")
+    name = manager.default_model()
+    loaded, probabilities = await classify(manager, name, blobs, settings=settings, metrics=metrics, executor=executor)
+    (best,) = rank(probabilities, loaded.info.contract.labels, 1)
+    return LegacyPrediction(prediction=best.label, score=best.score, model=name, version=loaded.version)
+
+
+def describe(manager: ModelManager, name: str) -> ServedModelInfo:
+    state = manager.states.get(name)
+    if state is None:
+        raise NotFoundError(f"model {name!r} is not served (served: {', '.join(sorted(manager.states)) or 'none'})")
+    loaded: list[tuple[str, LoadedVersion]] = [(r, v) for r, v in manager.loaded_versions() if v.name == name]
+    current = state.current
+    return ServedModelInfo(
+        name=name,
+        alias=manager.settings.alias,
+        serving_version=current.version if current else None,
+        aliases=state.aliases,
+        loaded=[
+            LoadedVersionInfo(
+                version=v.version,
+                role=role,
+                provider=v.provider,
+                providers=v.backend.providers,
+                queued_rows=v.batcher.queued_rows,
+                loaded_at=v.loaded_at,
+            )
+            for role, v in loaded
+        ],
+        contract=current.info.contract.model_dump(mode="json") if current else None,
+        last_error=state.last_error,
+    )
+
+
+@router.get("/v1/models", response_model=list[ServedModelInfo], tags=["models"], summary="Served models")
+async def list_served(manager: ManagerDep) -> list[ServedModelInfo]:
+    return [describe(manager, name) for name in sorted(manager.states)]
+
+
+@router.get(
+    "/v1/models/{name}",
+    response_model=ServedModelInfo,
+    responses={404: {"model": ErrorBody}},
+    tags=["models"],
+    summary="One served model: loaded versions, aliases, contract, provider",
+)
+async def get_served(name: str, manager: ManagerDep) -> ServedModelInfo:
+    return describe(manager, name)

@@ -1,0 +1,121 @@
+"""Inference backends: the protocol the batcher calls, and ONNX Runtime behind it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from registry import ModelContract
+
+log = logging.getLogger("app.backend")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class InferenceBackend(Protocol):
+    """Runs one batch: uint8 [N, H, W, 3] in, the model's raw output [N, K] (or [N, 1]) out.
+
+    Called from a worker thread, never from the event loop.
+    """
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class ContractMismatchError(Exception):
+    """The ONNX graph does not match the contract recorded in the registry."""
+
+
+class GpuUnavailableError(RuntimeError):
+    """A GPU was required but ONNX Runtime cannot use one."""
+
+
+def choose_providers(preference: str, *, require_gpu: bool) -> list[str]:
+    available = ort.get_available_providers()
+    if require_gpu and CUDA not in available:
+        raise GpuUnavailableError(
+            f"a GPU is required (SERVE_REQUIRE_GPU) but ONNX Runtime {ort.__version__} offers only "
+            f"{', '.join(available)}: install onnxruntime-gpu and the CUDA/cuDNN libraries it needs"
+        )
+    if preference == "cpu":
+        return [CPU]
+    if preference == "cuda" or CUDA in available:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    return [CPU]
+
+
+class OrtBackend:
+    """One ONNX Runtime session, checked against the model contract when created."""
+
+    def __init__(
+        self,
+        model: bytes,
+        contract: ModelContract,
+        *,
+        providers: list[str],
+        require_gpu: bool = False,
+        intra_op_threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own (unexported) types for bad graphs
+            raise ContractMismatchError(f"ONNX Runtime cannot load the graph: {exc}") from exc
+        self._providers = self._session.get_providers()
+        if require_gpu and CUDA not in self._providers:
+            raise GpuUnavailableError(
+                f"a GPU is required but the session fell back to {', '.join(self._providers)} "
+                "(CUDA or cuDNN libraries missing, or no usable device)"
+            )
+        self._input = contract.input.name
+        self._output = contract.output.name
+        _check_contract(self._session, contract)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._providers)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        result = self._session.run([self._output], {self._input: batch})[0]
+        return np.asarray(result, dtype=np.float32)
+
+    def close(self) -> None:
+        # ONNX Runtime frees the session when the last reference goes.
+        del self._session
+
+
+def _check_contract(session: ort.InferenceSession, contract: ModelContract) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    spec = contract.input
+    if spec.name not in inputs:
+        raise ContractMismatchError(f"graph has no input {spec.name!r} (it has {sorted(inputs)})")
+    if contract.output.name not in outputs:
+        raise ContractMismatchError(f"graph has no output {contract.output.name!r} (it has {sorted(outputs)})")
+    graph_input = inputs[spec.name]
+    if graph_input.type != "tensor(uint8)":
+        raise ContractMismatchError(f"graph input {spec.name!r} is {graph_input.type}, the contract says uint8")
+    shape = graph_input.shape
+    if len(shape) != 4:
+        raise ContractMismatchError(f"graph input has rank {len(shape)}, the contract says 4 (NHWC)")
+    for axis, (got, want) in enumerate(zip(shape[1:], spec.shape[1:], strict=True), start=1):
+        if isinstance(got, int) and got != want:
+            raise ContractMismatchError(f"graph input dimension {axis} is {got}, the contract says {want}")
+    out_shape = outputs[contract.output.name].shape
+    if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != contract.num_outputs:
+        raise ContractMismatchError(
+            f"graph output has {out_shape[1]} columns, the contract ({contract.output.kind}, "
+            f"{len(contract.labels)} labels) needs {contract.num_outputs}"
+        )

@@ -1,0 +1,190 @@
+"""Dynamic batching: rows from concurrent requests become one ONNX Runtime call.
+
+A request submits its rows and awaits a future. One worker task per batcher takes
+the queue once it holds `max_batch_size` rows or the oldest row has waited
+`max_batch_delay`, runs the batch in a thread, and hands each caller exactly its
+rows. A failed batch fails every caller in it; the worker carries on. The queue is
+bounded: past `max_queue_rows`, `submit` refuses at once so latency stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("app.batcher")
+
+
+class QueueFullError(Exception):
+    """The queue holds `max_queue_rows`; the caller should retry later."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and accepts no new rows."""
+
+
+class InferenceError(Exception):
+    """The batch this request was part of failed."""
+
+
+@dataclass
+class BatchStats:
+    """Passed to the `on_batch` hook after each batch (for metrics)."""
+
+    rows: int
+    requests: int
+    queue_waits: list[float]
+    inference_seconds: float
+    failed: bool
+
+
+@dataclass
+class _Pending:
+    rows: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int = 32,
+        max_batch_delay_s: float = 0.002,
+        max_queue_rows: int = 256,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_batch_delay_s < 0:
+            raise ValueError("max_batch_delay_s must not be negative")
+        if max_queue_rows < 1:
+            raise ValueError("max_queue_rows must be at least 1")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.max_queue_rows = max_queue_rows
+        self._executor = executor
+        self._on_batch = on_batch
+        self.name = name
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._work(), name=f"batcher:{self.name}")
+
+    async def submit(self, rows: np.ndarray) -> np.ndarray:
+        """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs."""
+        if self._closing:
+            raise BatcherClosedError(f"{self.name} is shutting down")
+        count = len(rows)
+        if count == 0:
+            raise ValueError("submit needs at least one row")
+        if self._queued_rows + count > self.max_queue_rows:
+            raise QueueFullError(f"{self.name}: {self._queued_rows} rows queued, limit {self.max_queue_rows}")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(rows, future))
+        self._queued_rows += count
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Stop accepting rows, finish everything already queued, stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(loop, batch)
+
+    async def _wait_for_batch(self) -> None:
+        deadline = self._queue[0].enqueued + self.max_batch_delay_s
+        while self._queued_rows < self.max_batch_size and not self._closing:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if batch and rows + len(item.rows) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= len(item.rows)
+            if item.future.done():  # the caller went away (cancelled)
+                continue
+            batch.append(item)
+            rows += len(item.rows)
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
+        total = len(inputs)
+        failed = False
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+            if len(outputs) != total:
+                raise InferenceError(f"model returned {len(outputs)} rows for a batch of {total}")
+        except Exception as exc:
+            failed = True
+            log.error("%s: batch of %d rows failed: %s", self.name, total, exc)
+            error = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            offset = 0
+            for item in batch:
+                n = len(item.rows)
+                if not item.future.done():
+                    item.future.set_result(outputs[offset : offset + n])
+                offset += n
+        finally:
+            if self._on_batch is not None:
+                self._on_batch(
+                    BatchStats(
+                        rows=total,
+                        requests=len(batch),
+                        queue_waits=[started - item.enqueued for item in batch],
+                        inference_seconds=time.perf_counter() - started,
+                        failed=failed,
+                    )
+                )

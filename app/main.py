@@ -1,0 +1,86 @@
+"""`create_app`: the FastAPI application and the lifespan that owns its resources."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import health, v1
+from app.backend import OrtBackend, choose_providers
+from app.errors import install_handlers
+from app.limits import BodyLimitMiddleware
+from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
+from app.models import BackendFactory, ModelManager
+from app.settings import Settings, get_settings
+from registry import Registry, VersionInfo
+
+log = logging.getLogger("app")
+
+
+def ort_backend_factory(settings: Settings) -> BackendFactory:
+    providers = choose_providers(settings.providers, require_gpu=settings.require_gpu)
+
+    def create(data: bytes, info: VersionInfo) -> OrtBackend:
+        return OrtBackend(
+            data,
+            info.contract,
+            providers=providers,
+            require_gpu=settings.require_gpu,
+            intra_op_threads=settings.intra_op_threads,
+        )
+
+    return create
+
+
+def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        factory = backend_factory or ort_backend_factory(settings)
+        registry = Registry.from_settings(settings.registry)
+        decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        inference_executor = ThreadPoolExecutor(4, thread_name_prefix="inference")
+        loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
+        manager = ModelManager(
+            settings=settings,
+            registry=registry,
+            metrics=metrics,
+            backend_factory=factory,
+            inference_executor=inference_executor,
+            loader_executor=loader_executor,
+        )
+        collector = StateCollector(manager.snapshot)
+        metrics.add_collector(collector)
+        app.state.settings = settings
+        app.state.metrics = metrics
+        app.state.registry = registry
+        app.state.manager = manager
+        app.state.decode_executor = decode_executor
+        try:
+            await manager.start()
+            yield
+        finally:
+            await manager.stop()
+            metrics.registry.unregister(collector)
+            for pool in (decode_executor, inference_executor, loader_executor):
+                pool.shutdown(wait=True)
+            registry.close()
+
+    app = FastAPI(
+        title="imgserve",
+        version="0.1.0",
+        summary="Batched image classification from a model registry",
+        lifespan=lifespan,
+    )
+    app.include_router(v1.router)
+    app.include_router(health.router)
+    install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,124 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.batcher import BatchStats
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "batch_queue_wait_seconds",
+            "Time a request waits in the batch queue",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "batch_inference_seconds", "ONNX Runtime time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("batch_size_rows", "Rows per batch", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_failures = Counter("batch_failures", "Batches that failed", ["model"], registry=r)
+        self.images = Counter("images_predicted", "Images classified", ["model"], registry=r)
+        self.rejected = Counter(
+            "requests_rejected_overload", "Requests refused with 503: queue full", ["model"], registry=r
+        )
+        self.load_failures = Counter(
+            "model_load_failures", "Versions that failed to load", ["model", "version"], registry=r
+        )
+        self.swaps = Counter("model_swaps", "Times a served model switched version", ["model"], registry=r)
+        self.poll_errors = Counter("registry_poll_errors", "Registry polls that failed", registry=r)
+
+    def batch_hook(self, model: str) -> Callable[[BatchStats], None]:
+        queue_wait = self.queue_wait.labels(model)
+        inference = self.inference.labels(model)
+        batch_size = self.batch_size.labels(model)
+        failures = self.batch_failures.labels(model)
+
+        def observe(stats: BatchStats) -> None:
+            for wait in stats.queue_waits:
+                queue_wait.observe(wait)
+            inference.observe(stats.inference_seconds)
+            batch_size.observe(stats.rows)
+            if stats.failed:
+                failures.inc()
+
+        return observe
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time from the model manager's state."""
+
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        loaded = GaugeMetricFamily(
+            "model_loaded_version",
+            "Loaded versions (1 each), with their role and execution provider",
+            labels=["model", "version", "role", "provider"],
+        )
+        queue = GaugeMetricFamily(
+            "batch_queue_rows", "Rows waiting in each version's queue", labels=["model", "version"]
+        )
+        for entry in self._snapshot():
+            version = str(entry["version"])
+            loaded.add_metric([entry["model"], version, entry["role"], entry["provider"]], 1)
+            queue.add_metric([entry["model"], version], entry["queued_rows"])
+        yield loaded
+        yield queue
+
+
+class HttpMetricsMiddleware:
+    """Counts requests and times them by route template (not raw path, to bound label cardinality)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,361 @@
+"""Which versions are loaded, and how they change without failing a request.
+
+Each served model follows an alias (default `production`). A poll (and an admin
+promotion) resolves the alias; a new target is loaded and warmed up first, then
+swapped in with one assignment on the event loop. Requests hold a *lease* on the
+version they started with, so the old version stays open until the last of them
+has its answer; only then is its batcher drained and its session closed. A version
+that fails to load is never swapped in: the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.backend import GpuUnavailableError, InferenceBackend
+from app.batcher import Batcher
+from app.errors import BadRequestError, NotFoundError, UnavailableError
+from app.metrics import Metrics
+from app.settings import Settings
+from registry import Registry, VersionInfo
+from registry.errors import RegistryError
+
+log = logging.getLogger("app.models")
+
+BackendFactory = Callable[[bytes, VersionInfo], InferenceBackend]
+
+
+def to_probabilities(raw: np.ndarray, kind: str) -> np.ndarray:
+    """[N, K] probabilities; a sigmoid head's [N, 1] score of label 1 becomes [1 - s, s]."""
+    if kind == "sigmoid":
+        score = raw[:, :1]
+        return np.concatenate([1.0 - score, score], axis=1)
+    return raw
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    name: str
+    info: VersionInfo
+    backend: InferenceBackend
+    batcher: Batcher
+    loaded_at: float = field(default_factory=time.time)
+    leases: int = 0
+    retired: bool = False
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def version(self) -> int:
+        return self.info.version
+
+    @property
+    def provider(self) -> str:
+        providers = self.backend.providers
+        return providers[0] if providers else "unknown"
+
+    async def predict(self, images: np.ndarray) -> np.ndarray:
+        raw = await self.batcher.submit(images)
+        return to_probabilities(raw, self.info.contract.output.kind)
+
+    def acquire(self) -> bool:
+        if self.retired:
+            return False
+        self.leases += 1
+        return True
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.leases == 0:
+            self._idle.set()
+
+    async def retire(self) -> None:
+        """Wait for the requests holding this version, drain its queue, close its session."""
+        self.retired = True
+        if self.leases:
+            self._idle.clear()
+            await self._idle.wait()
+        await self.batcher.close()
+        self.backend.close()
+        log.info("closed %s v%d", self.name, self.version)
+
+
+@dataclass(eq=False)
+class ModelState:
+    name: str
+    current: LoadedVersion | None = None
+    aliases: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    failed: dict[int, float] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        metrics: Metrics,
+        backend_factory: BackendFactory,
+        inference_executor: Executor,
+        loader_executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self._backend_factory = backend_factory
+        self._inference_executor = inference_executor
+        self._loader_executor = loader_executor
+        self.states: dict[str, ModelState] = {}
+        self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
+        self._pin_loads: dict[tuple[str, int], asyncio.Task[LoadedVersion]] = {}
+        self._alias_cache: dict[tuple[str, str], tuple[int, float]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._poll_task: asyncio.Task[None] | None = None
+        self.last_poll_error: str | None = None
+        self.last_poll_at: float | None = None
+        self.started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.sync()
+        except GpuUnavailableError:
+            raise
+        except Exception as exc:
+            self._poll_failed(exc)
+        self.started = True
+        self._poll_task = asyncio.create_task(self._poll_loop(), name="registry-poll")
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        for task in list(self._pin_loads.values()):
+            task.cancel()
+        versions = [s.current for s in self.states.values() if s.current is not None]
+        versions.extend(self.pinned.values())
+        self.pinned.clear()
+        await asyncio.gather(*(v.retire() for v in versions), *self._retiring, return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.started and bool(self.states) and all(s.current is not None for s in self.states.values())
+
+    # -- following the registry --------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.sync()
+            except Exception as exc:
+                self._poll_failed(exc)
+
+    def _poll_failed(self, exc: Exception) -> None:
+        message = exc.message if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+        if message != self.last_poll_error:
+            log.warning("registry poll failed (serving what is loaded, will retry): %s", message)
+        self.last_poll_error = message
+        self.metrics.poll_errors.inc()
+
+    async def sync(self) -> None:
+        """Resolve every served model's alias and load what changed."""
+        models = await self._in_loader(self.registry.list_models)
+        by_name = {m.name: m for m in models}
+        alias = self.settings.alias
+        wanted = self.settings.models or sorted(n for n, m in by_name.items() if alias in m.aliases)
+        for name in wanted:
+            state = self.states.setdefault(name, ModelState(name))
+            model = by_name.get(name)
+            if model is None:
+                state.last_error = f"model {name!r} is not registered"
+                continue
+            state.aliases = dict(model.aliases)
+            target = model.aliases.get(alias)
+            if target is None:
+                if state.current is None:
+                    state.last_error = f"model {name!r} has no {alias!r} alias"
+                continue  # an alias removed under a serving model: keep serving, do not go dark
+            await self._ensure(state, target)
+        self.last_poll_error = None
+        self.last_poll_at = time.time()
+
+    async def _ensure(self, state: ModelState, target: int) -> None:
+        async with state.lock:
+            if state.current is not None and state.current.version == target:
+                return
+            failed_at = state.failed.get(target)
+            if failed_at is not None and time.monotonic() - failed_at < self.settings.load_retry_s:
+                return
+            try:
+                new = await self._load(state.name, target)
+            except GpuUnavailableError:
+                raise
+            except Exception as exc:
+                message = exc.message if isinstance(exc, RegistryError) else str(exc)
+                state.last_error = f"{state.name} v{target} failed to load: {message}"
+                state.failed[target] = time.monotonic()
+                self.metrics.load_failures.labels(state.name, str(target)).inc()
+                log.error("%s; still serving %s", state.last_error, _describe(state.current))
+                return
+            old, state.current = state.current, new
+            state.last_error = None
+            state.failed.pop(target, None)
+            if old is not None:
+                self.metrics.swaps.labels(state.name).inc()
+                log.info("%s: swapped v%d -> v%d", state.name, old.version, new.version)
+                self._retire_later(old)
+            else:
+                log.info("%s: serving v%d on %s", state.name, new.version, new.provider)
+
+    def _retire_later(self, version: LoadedVersion) -> None:
+        task = asyncio.create_task(version.retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _in_loader(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._loader_executor, fn, *args)
+
+    async def _load(self, name: str, version: int) -> LoadedVersion:
+        info: VersionInfo = await self._in_loader(self.registry.get_version, name, version)
+        if info.status == "archived":
+            raise NotFoundError(f"{name} v{version} is archived")
+        backend = await self._in_loader(self._create_backend, name, info)
+        b = self.settings.batching
+        batcher = Batcher(
+            backend.run,
+            max_batch_size=b.max_batch_size,
+            max_batch_delay_s=b.max_batch_delay_ms / 1000,
+            max_queue_rows=b.max_queue_rows,
+            executor=self._inference_executor,
+            on_batch=self.metrics.batch_hook(name),
+            name=f"{name} v{version}",
+        )
+        batcher.start()
+        return LoadedVersion(name=name, info=info, backend=backend, batcher=batcher)
+
+    def _create_backend(self, name: str, info: VersionInfo) -> InferenceBackend:
+        """Read (sha256-checked), build the session, and warm it up. Runs in a worker thread."""
+        data = self.registry.open_artifact(name, info.version)
+        backend = self._backend_factory(data, info)
+        contract = info.contract
+        for size in sorted({min(s, self.settings.batching.max_batch_size) for s in self.settings.warmup_batch_sizes}):
+            dummy = np.zeros((size, contract.input.height, contract.input.width, 3), dtype=np.uint8)
+            out = backend.run(dummy)
+            if out.shape != (size, contract.num_outputs):
+                backend.close()
+                raise ValueError(f"warm-up returned shape {out.shape}, expected {(size, contract.num_outputs)}")
+        return backend
+
+    # -- serving -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(
+        self, name: str, *, version: int | None = None, alias: str | None = None
+    ) -> AsyncIterator[LoadedVersion]:
+        """The version to serve a request with, kept open until the request is done."""
+        for _ in range(3):
+            loaded = await self._resolve(name, version, alias)
+            if loaded.acquire():
+                break
+        else:  # pragma: no cover - needs three evictions in a row
+            raise UnavailableError(f"{name} is changing versions, retry", headers={"Retry-After": "1"})
+        try:
+            yield loaded
+        finally:
+            loaded.release()
+
+    async def _resolve(self, name: str, version: int | None, alias: str | None) -> LoadedVersion:
+        if version is None and (alias is None or alias == self.settings.alias):
+            state = self.states.get(name)
+            if state is None:
+                raise NotFoundError(
+                    f"model {name!r} is not served (served: {', '.join(sorted(self.states)) or 'none'})"
+                )
+            if state.current is None:
+                raise UnavailableError(
+                    f"model {name!r} is not loaded yet: {state.last_error or 'loading'}", headers={"Retry-After": "2"}
+                )
+            return state.current
+        if alias is not None:
+            version = await self._resolve_alias(name, alias)
+        assert version is not None
+        state = self.states.get(name)
+        if state is not None and state.current is not None and state.current.version == version:
+            return state.current
+        key = (name, version)
+        if key in self.pinned:
+            self.pinned.move_to_end(key)
+            return self.pinned[key]
+        if self.settings.pinned_cache_size == 0:
+            raise BadRequestError("requests for a specific version are disabled (SERVE_PINNED_CACHE_SIZE=0)")
+        task = self._pin_loads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load_pinned(name, version))
+            self._pin_loads[key] = task
+            task.add_done_callback(lambda _: self._pin_loads.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _resolve_alias(self, name: str, alias: str) -> int:
+        cached = self._alias_cache.get((name, alias))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        info: VersionInfo = await self._in_loader(self.registry.resolve, name, alias)
+        self._alias_cache[(name, alias)] = (info.version, time.monotonic() + self.settings.poll_interval_s)
+        return info.version
+
+    async def _load_pinned(self, name: str, version: int) -> LoadedVersion:
+        loaded = await self._load(name, version)
+        self.pinned[(name, version)] = loaded
+        while len(self.pinned) > self.settings.pinned_cache_size:
+            _, evicted = self.pinned.popitem(last=False)
+            self._retire_later(evicted)
+        return loaded
+
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        if not self.states:
+            raise UnavailableError("no model is served yet", headers={"Retry-After": "2"})
+        return sorted(self.states)[0]
+
+    def forget_alias_cache(self, name: str) -> None:
+        for key in [k for k in self._alias_cache if k[0] == name]:
+            del self._alias_cache[key]
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def loaded_versions(self) -> list[tuple[str, LoadedVersion]]:
+        entries = [("current", s.current) for s in self.states.values() if s.current is not None]
+        entries.extend(("pinned", v) for v in self.pinned.values())
+        return entries
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": v.name,
+                "version": v.version,
+                "role": role,
+                "provider": v.provider,
+                "queued_rows": v.batcher.queued_rows,
+            }
+            for role, v in self.loaded_versions()
+        ]
+
+
+def _describe(loaded: LoadedVersion | None) -> str:
+    return "nothing" if loaded is None else f"v{loaded.version}"

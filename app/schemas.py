@@ -1,0 +1,61 @@
+"""Request and response bodies of the HTTP API (they also make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what went wrong, for a person")
+    detail: Any = Field(None, description="structured detail, when there is any")
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most likely label")
+    score: float = Field(description="its probability")
+    top_k: list[LabelScore] = Field(description="the k most likely labels, best first")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int = Field(description="the version that actually served this request")
+    predictions: list[Prediction] = Field(description="one per image, in upload order")
+
+
+class LegacyPrediction(BaseModel):
+    prediction: str = Field(description="the predicted label")
+    score: float
+    model: str
+    version: int
+
+
+class LoadedVersionInfo(BaseModel):
+    version: int
+    role: str = Field(description="current (follows the alias) or pinned (asked for by a request)")
+    provider: str = Field(description="the ONNX Runtime execution provider in use")
+    providers: list[str]
+    queued_rows: int
+    loaded_at: float
+
+
+class ServedModelInfo(BaseModel):
+    name: str
+    alias: str = Field(description="the alias this server follows")
+    serving_version: int | None
+    aliases: dict[str, int] = Field(description="aliases in the registry at the last poll")
+    loaded: list[LoadedVersionInfo]
+    contract: dict[str, Any] | None
+    last_error: str | None = Field(description="the last load failure, if the alias points to a version not served")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    models: dict[str, Any] = {}
+    registry_error: str | None = None

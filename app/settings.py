@@ -1,0 +1,65 @@
+"""Server configuration: one `Settings`, read from `SERVE_*` variables (nested groups use `__`).
+
+The registry is found through `REGISTRY_DATABASE_URL` and `REGISTRY_ARTIFACTS_DIR`,
+the same variables the `registry` CLI reads.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from registry.settings import RegistrySettings
+
+
+class BatchingSettings(BaseModel):
+    max_batch_size: int = Field(32, ge=1, le=1024, description="rows per ONNX Runtime call")
+    max_batch_delay_ms: float = Field(2.0, ge=0, le=1000, description="wait after the first row for more")
+    max_queue_rows: int = Field(256, ge=1, description="rows waiting per version before 503")
+
+
+class LimitSettings(BaseModel):
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVE_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"
+    )
+    alias: str = Field("production", description="the alias each served model follows")
+    default_model: str | None = Field(None, description="model of `POST /predict`; default: the only/first served")
+    poll_interval_s: float = Field(2.0, gt=0, description="how often the registry is checked for alias moves")
+    load_retry_s: float = Field(60.0, ge=0, description="wait before retrying a version that failed to load")
+    pinned_cache_size: int = Field(4, ge=0, description="versions kept loaded for ?version= / ?alias= requests")
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    require_gpu: bool = Field(False, description="fail start-up instead of falling back to CPU")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0: one per core")
+    decode_threads: int = Field(default_factory=lambda: min(8, (os.cpu_count() or 2) * 2), ge=1)
+    warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
+    access_log: bool = False
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,180 @@
+"""The dynamic batcher, deterministically: no model, a function that records its batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.batcher import Batcher, BatchStats, InferenceError, QueueFullError
+
+LONG = 60.0  # a deadline no test reaches: flushes must be size-triggered
+
+
+class Recorder:
+    """Echoes each row's id back (times 10) and records batch sizes; can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.batches.append(batch[:, 0].tolist())
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        return batch * 10
+
+
+def rows(*ids: int) -> np.ndarray:
+    return np.array([[i] for i in ids])
+
+
+@pytest.fixture
+async def executor():
+    pool = ThreadPoolExecutor(2)
+    yield pool
+    pool.shutdown()
+
+
+async def make(recorder: Recorder, executor, **kw) -> Batcher:
+    b = Batcher(recorder, executor=executor, **kw)
+    b.start()
+    return b
+
+
+async def test_full_batch_flushes_without_waiting_for_the_deadline(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=4, max_batch_delay_s=LONG)
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit(rows(i)) for i in range(4))), 5)
+    assert [r.tolist() for r in results] == [[[0]], [[10]], [[20]], [[30]]]
+    assert rec.batches == [[0, 1, 2, 3]]
+    await b.close()
+
+
+async def test_partial_batch_waits_for_the_deadline(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=4, max_batch_delay_s=LONG)
+    pending = asyncio.ensure_future(b.submit(rows(1)))
+    done, _ = await asyncio.wait({pending}, timeout=0.1)
+    assert not done  # one row, batch not full, deadline far away: still waiting
+    await b.close()  # closing flushes what is queued
+    assert (await pending).tolist() == [[10]]
+    assert rec.batches == [[1]]
+
+
+async def test_deadline_flushes_a_partial_batch(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=32, max_batch_delay_s=0.01)
+    assert (await asyncio.wait_for(b.submit(rows(5)), 5)).tolist() == [[50]]
+    assert rec.batches == [[5]]
+    await b.close()
+
+
+async def test_multi_row_requests_get_exactly_their_rows_in_order(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=6, max_batch_delay_s=LONG)
+    first = asyncio.ensure_future(b.submit(rows(1, 2, 3)))
+    second = asyncio.ensure_future(b.submit(rows(4)))
+    third = asyncio.ensure_future(b.submit(rows(5, 6)))
+    a, c, d = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+    assert a.tolist() == [[10], [20], [30]]
+    assert c.tolist() == [[40]]
+    assert d.tolist() == [[50], [60]]
+    assert rec.batches == [[1, 2, 3, 4, 5, 6]]
+    await b.close()
+
+
+async def test_a_batch_never_exceeds_max_rows_and_requests_are_not_split(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()  # hold the first batch so the rest queue up behind it
+    b = await make(rec, executor, max_batch_size=4, max_batch_delay_s=LONG)
+    futures = [asyncio.ensure_future(b.submit(rows(i, i))) for i in range(0, 12, 2)]
+    await asyncio.sleep(0.05)
+    rec.gate.set()
+    await b.close()
+    await asyncio.gather(*futures)
+    assert all(len(batch) <= 4 for batch in rec.batches)
+    assert sorted(x for batch in rec.batches for x in batch) == sorted(x for i in range(0, 12, 2) for x in (i, i))
+    for batch in rec.batches:  # each request's two rows travel together
+        assert batch[0::2] == batch[1::2]
+
+
+async def test_failed_batch_fails_every_caller_and_the_batcher_goes_on(executor) -> None:
+    rec = Recorder()
+    rec.fail_next = True
+    b = await make(rec, executor, max_batch_size=3, max_batch_delay_s=LONG)
+    results = await asyncio.gather(*(b.submit(rows(i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, InferenceError) and "boom" in str(r) for r in results)
+    ok = await asyncio.gather(*(b.submit(rows(i)) for i in range(3)))
+    assert [r.tolist() for r in ok] == [[[0]], [[10]], [[20]]]
+    await b.close()
+
+
+async def test_wrong_number_of_outputs_is_an_error_for_everyone(executor) -> None:
+    b = Batcher(lambda batch: batch[:1], executor=executor, max_batch_size=2, max_batch_delay_s=LONG)
+    b.start()
+    results = await asyncio.gather(b.submit(rows(1)), b.submit(rows(2)), return_exceptions=True)
+    assert all(isinstance(r, InferenceError) and "1 rows for a batch of 2" in str(r) for r in results)
+    await b.close()
+
+
+async def test_queue_bound_rejects_at_once_and_every_accepted_request_is_answered(executor) -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b = await make(rec, executor, max_batch_size=2, max_batch_delay_s=0, max_queue_rows=4)
+    first = asyncio.ensure_future(b.submit(rows(0, 1)))  # taken by the worker, held at the gate
+    await asyncio.sleep(0.05)
+    accepted = [asyncio.ensure_future(b.submit(rows(i))) for i in range(2, 6)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="limit 4"):
+        await b.submit(rows(99))
+    rec.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *accepted), 5)
+    assert [r[:, 0].tolist() for r in results] == [[0, 10], [20], [30], [40], [50]]
+    await b.close()
+
+
+async def test_cancelled_caller_is_dropped_from_its_batch(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=3, max_batch_delay_s=LONG)
+    gone = asyncio.ensure_future(b.submit(rows(1)))
+    await asyncio.sleep(0)
+    gone.cancel()
+    stays = asyncio.ensure_future(b.submit(rows(2)))
+    await asyncio.sleep(0.05)
+    await b.close()
+    assert (await stays).tolist() == [[20]]
+    assert rec.batches == [[2]]
+
+
+async def test_stats_hook_sees_every_batch(executor) -> None:
+    seen: list[BatchStats] = []
+    b = Batcher(lambda x: x, executor=executor, max_batch_size=2, max_batch_delay_s=LONG, on_batch=seen.append)
+    b.start()
+    await asyncio.gather(*(b.submit(rows(i)) for i in range(4)))
+    await b.close()
+    assert [(s.rows, s.requests, s.failed) for s in seen] == [(2, 2, False), (2, 2, False)]
+    assert all(len(s.queue_waits) == 2 for s in seen)
+
+
+async def test_closed_batcher_refuses_new_rows(executor) -> None:
+    b = Batcher(lambda x: x, executor=executor)
+    b.start()
+    await b.close()
+    from app.batcher import BatcherClosedError
+
+    with pytest.raises(BatcherClosedError):
+        await b.submit(rows(1))
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_batch_delay_s": -1}, {"max_queue_rows": 0}])
+def test_arguments_are_validated(kwargs) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Batcher(lambda x: x, **kwargs)

@@ -1,0 +1,76 @@
+"""Run the server as users do: `python -m app` in its own process, on a free port."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server_process(
+    env: dict[str, str], *, port: int | None = None, ready_timeout: float = 60, log_level: str = "warning"
+) -> Iterator[Server]:
+    port = port or free_port()
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started = time.monotonic()
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = started + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"server exited with {proc.returncode}: {log.read()}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.05)
+        server.ready_after = time.monotonic() - started
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[str], url: str, log: IO[str]) -> None:
+        self.proc = proc
+        self.url = url
+        self.ready_after = 0.0
+        self._log = log
+
+    def log_text(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
