@@ -6,10 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from app.api import health, v1
+from app.api import admin, health, v1, v2
+from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers
 from app.errors import install_handlers
 from app.limits import BodyLimitMiddleware
@@ -36,8 +38,28 @@ def ort_backend_factory(settings: Settings) -> BackendFactory:
     return create
 
 
+def _document_v2_request(app: FastAPI) -> None:
+    """The v2 infer body is parsed by hand (it may carry binary data); publish its JSON schema anyway."""
+    from app.oip import InferenceRequest
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            spec = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(spec.pop("$defs", {}))
+            components["InferenceRequest"] = spec
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
     settings = settings or get_settings()
+    tokens = admin_tokens(settings)  # a malformed SERVE_ADMIN_TOKENS fails here, before serving
     metrics = Metrics()
 
     @asynccontextmanager
@@ -58,6 +80,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         collector = StateCollector(manager.snapshot)
         metrics.add_collector(collector)
         app.state.settings = settings
+        app.state.admin_tokens = tokens
         app.state.metrics = metrics
         app.state.registry = registry
         app.state.manager = manager
@@ -79,8 +102,11 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         lifespan=lifespan,
     )
     app.include_router(v1.router)
+    app.include_router(admin.router)
+    app.include_router(v2.router)
     app.include_router(health.router)
     install_handlers(app)
+    _document_v2_request(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app

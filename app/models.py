@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -229,6 +230,10 @@ class ModelManager:
 
     async def _in_loader(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._loader_executor, fn, *args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking registry call off the event loop."""
+        return await self._in_loader(functools.partial(fn, *args, **kwargs))
 
     async def _load(self, name: str, version: int) -> LoadedVersion:
         info: VersionInfo = await self._in_loader(self.registry.get_version, name, version)

@@ -1,0 +1,110 @@
+"""Admin API for ops: versions and history (open), alias moves and archiving (token required).
+
+A promotion or rollback made here is recorded in the registry's history under the
+token's name, and this server swaps at once instead of waiting for its next poll;
+other replicas follow at theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from app.api.deps import ManagerDep
+from app.auth import require_admin
+from app.models import ModelManager
+from app.schemas import ErrorBody
+from registry import AliasMove, VersionInfo
+
+router = APIRouter(prefix="/v1/models/{name}", tags=["admin"])
+
+AdminDep = Annotated[str, Depends(require_admin)]
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed name, alias or body"},
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "admin API disabled (no SERVE_ADMIN_TOKENS)"},
+    404: {"model": ErrorBody, "description": "unknown model, version or alias"},
+    409: {"model": ErrorBody, "description": "refused: archived version, alias already there, nothing to roll back"},
+    503: {"model": ErrorBody, "description": "registry database unreachable"},
+}
+
+
+class PromoteBody(BaseModel):
+    version: int = Field(ge=1)
+    reason: str = Field("", max_length=2000)
+
+
+class RollbackBody(BaseModel):
+    alias: str = Field("production", pattern=r"^[a-z][a-z0-9_-]*$", max_length=100)
+    reason: str = Field("", max_length=2000)
+
+
+class MoveResult(BaseModel):
+    move: AliasMove
+    serving_version: int | None = Field(description="what this server now serves for the model")
+    load_error: str | None = Field(None, description="set when the new target failed to load here")
+
+
+async def _after_move(manager: ModelManager, name: str, move: AliasMove) -> MoveResult:
+    manager.forget_alias_cache(name)
+    await manager.sync()  # swap now; other replicas follow at their next poll
+    state = manager.states.get(name)
+    return MoveResult(
+        move=move,
+        serving_version=state.current.version if state and state.current else None,
+        load_error=state.last_error if state else None,
+    )
+
+
+@router.get("/versions", response_model=list[VersionInfo], responses=AUTH_ERRORS, summary="All registered versions")
+async def list_versions(name: str, manager: ManagerDep) -> list[VersionInfo]:
+    versions: list[VersionInfo] = await manager.call(manager.registry.list_versions, name)
+    return versions
+
+
+@router.get("/history", response_model=list[AliasMove], responses=AUTH_ERRORS, summary="Alias history, oldest first")
+async def history(
+    name: str, manager: ManagerDep, alias: Annotated[str | None, Query(max_length=100)] = None
+) -> list[AliasMove]:
+    moves: list[AliasMove] = await manager.call(manager.registry.history, name, alias)
+    return moves
+
+
+@router.put("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Point an alias at a version")
+async def promote(name: str, alias: str, body: PromoteBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
+    move: AliasMove = await manager.call(
+        manager.registry.promote, name=name, version=body.version, alias=alias, actor=actor, reason=body.reason
+    )
+    return await _after_move(manager, name, move)
+
+
+@router.delete("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Remove an alias")
+async def remove_alias(
+    name: str,
+    alias: str,
+    manager: ManagerDep,
+    actor: AdminDep,
+    reason: Annotated[str, Query(max_length=2000)] = "",
+) -> MoveResult:
+    move: AliasMove = await manager.call(
+        manager.registry.remove_alias, name=name, alias=alias, actor=actor, reason=reason
+    )
+    return await _after_move(manager, name, move)
+
+
+@router.post("/rollback", response_model=MoveResult, responses=AUTH_ERRORS, summary="Move an alias back")
+async def rollback(name: str, body: RollbackBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
+    move: AliasMove = await manager.call(
+        manager.registry.rollback, name=name, alias=body.alias, actor=actor, reason=body.reason
+    )
+    return await _after_move(manager, name, move)
+
+
+@router.post(
+    "/versions/{version}/archive", response_model=VersionInfo, responses=AUTH_ERRORS, summary="Archive a version"
+)
+async def archive(name: str, version: int, manager: ManagerDep, actor: AdminDep) -> VersionInfo:
+    info: VersionInfo = await manager.call(manager.registry.archive, name=name, version=version)
+    return info

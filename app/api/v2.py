@@ -1,0 +1,287 @@
+"""The Open Inference Protocol v2 REST API (KServe / Triton clients work unchanged).
+
+Inputs: one tensor, either `UINT8 [N, H, W, 3]` at the model's size or `BYTES [N]`
+of encoded image files. Output: the probabilities `FP32 [N, K]` (a sigmoid head is
+reported as [1 - s, s]), optionally as the classification extension's top-k strings.
+Requests share the `/v1` batcher of the version they address.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+import app as app_package
+from app.api.deps import DecodeExecutorDep, ManagerDep, MetricsDep, SettingsDep
+from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from app.metrics import Metrics
+from app.models import LoadedVersion, ModelManager
+from app.oip import (
+    HEADER_LENGTH,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RequestOutput,
+    ResponseOutput,
+    ServerMetadata,
+    TensorMetadata,
+    classification_strings,
+    decode_bytes,
+    decode_numeric,
+    encode_bytes,
+    parse_request,
+    render,
+    take_binary,
+)
+from app.schemas import ErrorBody
+from app.service import decode_all, run_batched
+from app.settings import Settings
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+EXTENSIONS = ["binary_tensor_data", "classification"]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "malformed request: shape, datatype, size, unknown input/output"},
+    404: {"model": ErrorBody, "description": "unknown model or version"},
+    413: {"model": ErrorBody, "description": "too many bytes, pixels or images"},
+    503: {"model": ErrorBody, "description": "overloaded (Retry-After) or not ready"},
+}
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="imgserve", version=app_package.__version__, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness", responses={503: {"description": "not ready"}})
+async def ready(manager: ManagerDep) -> JSONResponse:
+    return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 503)
+
+
+async def _loaded(manager: ModelManager, name: str, version: str | None) -> LoadedVersion | None:
+    """The loaded version a v2 route addresses; None when it exists but is not loaded yet."""
+    number = _version_number(version)
+    if number is None:
+        state = manager.states.get(name)
+        if state is None:
+            raise NotFoundError(f"model {name!r} is not served")
+        return state.current
+    for _, loaded in manager.loaded_versions():
+        if loaded.name == name and loaded.version == number:
+            return loaded
+    info = await manager.call(manager.registry.get_version, name, number)  # 404 when unknown
+    if info.status != "ready":
+        raise NotFoundError(f"{name} v{number} is archived")
+    return None
+
+
+def _version_number(version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise NotFoundError(f"no version {version!r}: versions are positive integers")
+    return int(version)
+
+
+def _metadata(loaded: LoadedVersion, versions: list[str]) -> ModelMetadata:
+    contract = loaded.info.contract
+    return ModelMetadata(
+        name=loaded.name,
+        versions=versions,
+        platform="onnxruntime_onnx",
+        inputs=[
+            TensorMetadata(
+                name=contract.input.name, datatype="UINT8", shape=[-1, contract.input.height, contract.input.width, 3]
+            ),
+        ],
+        outputs=[TensorMetadata(name=contract.output.name, datatype="FP32", shape=[-1, len(contract.labels)])],
+    )
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
+async def model_metadata(name: str, manager: ManagerDep) -> ModelMetadata:
+    return await _model_metadata(manager, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS, summary="Version metadata"
+)
+async def version_metadata(name: str, version: str, manager: ManagerDep) -> ModelMetadata:
+    return await _model_metadata(manager, name, version)
+
+
+async def _model_metadata(manager: ModelManager, name: str, version: str | None) -> ModelMetadata:
+    loaded = await _loaded(manager, name, version)
+    if loaded is None:
+        async with manager.lease(name, version=_version_number(version)) as loaded:
+            pass
+    versions = await manager.call(manager.registry.list_versions, name)
+    return _metadata(loaded, [str(v.version) for v in versions if v.status == "ready"])
+
+
+@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
+async def model_ready(name: str, manager: ManagerDep) -> JSONResponse:
+    return await _model_ready(manager, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Version readiness")
+async def version_ready(name: str, version: str, manager: ManagerDep) -> JSONResponse:
+    return await _model_ready(manager, name, version)
+
+
+async def _model_ready(manager: ModelManager, name: str, version: str | None) -> JSONResponse:
+    loaded = await _loaded(manager, name, version)
+    ok = loaded is not None
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header (length in Inference-Header-Content-Length) followed by tensor bytes",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+    summary="Inference",
+)
+async def infer(
+    name: str,
+    request: Request,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    executor: DecodeExecutorDep,
+) -> Response:
+    return await _infer(name, None, request, manager, settings, metrics, executor)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferenceResponse,
+    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+    summary="Inference on a given version",
+)
+async def infer_version(
+    name: str,
+    version: str,
+    request: Request,
+    manager: ManagerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    executor: DecodeExecutorDep,
+) -> Response:
+    return await _infer(name, version, request, manager, settings, metrics, executor)
+
+
+async def _infer(
+    name: str,
+    version: str | None,
+    request: Request,
+    manager: ModelManager,
+    settings: Settings,
+    metrics: Metrics,
+    executor: Executor,
+) -> Response:
+    inference, binary = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    if len(inference.inputs) != 1:
+        raise BadRequestError(f"expected exactly one input tensor, got {len(inference.inputs)}")
+    (tensor,) = inference.inputs
+    raw, _ = take_binary(tensor, binary, 0)
+    async with manager.lease(name, version=_version_number(version)) as loaded:
+        contract = loaded.info.contract
+        if tensor.name != contract.input.name:
+            raise BadRequestError(f"unknown input {tensor.name!r}: this model's input is {contract.input.name!r}")
+        limit = settings.limits.max_images_per_request
+        if tensor.datatype == "UINT8":
+            expected = [contract.input.height, contract.input.width, 3]
+            if len(tensor.shape) != 4 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
+                raise BadRequestError(
+                    f"input {tensor.name!r} has shape {tensor.shape}; UINT8 input must be [N, {expected[0]}, "
+                    f"{expected[1]}, 3] (or send BYTES [N] of encoded images)"
+                )
+            if tensor.shape[0] > limit:
+                raise PayloadTooLargeError(f"{tensor.shape[0]} images in one request, the limit is {limit}")
+            images = decode_numeric(tensor, raw)
+        elif tensor.datatype == "BYTES":
+            if len(tensor.shape) != 1 or tensor.shape[0] < 1:
+                raise BadRequestError(f"input {tensor.name!r} has shape {tensor.shape}; BYTES input must be [N]")
+            if tensor.shape[0] > limit:
+                raise PayloadTooLargeError(f"{tensor.shape[0]} images in one request, the limit is {limit}")
+            images = await decode_all(decode_bytes(tensor, raw), contract, settings.limits, executor)
+        else:
+            raise BadRequestError(
+                f"input {tensor.name!r} has datatype {tensor.datatype}; expected UINT8 (pixels) or BYTES (image files)"
+            )
+        probabilities = await run_batched(loaded, np.ascontiguousarray(images), metrics)
+    outputs, binaries = _outputs(inference, loaded, probabilities)
+    response = InferenceResponse(model_name=name, model_version=str(loaded.version), id=inference.id, outputs=outputs)
+    body, headers, media_type = render(response, binaries)
+    return Response(body, headers=headers, media_type=media_type)
+
+
+def _outputs(
+    inference: InferenceRequest, loaded: LoadedVersion, probabilities: np.ndarray
+) -> tuple[list[ResponseOutput], list[bytes]]:
+    contract = loaded.info.contract
+    all_binary = bool(inference.parameters.get("binary_data_output", False))
+    requested = inference.outputs or [RequestOutput(name=contract.output.name)]
+    outputs: list[ResponseOutput] = []
+    binaries: list[bytes] = []
+    n, k = probabilities.shape
+    for out in requested:
+        if out.name != contract.output.name:
+            raise BadRequestError(f"unknown output {out.name!r}: this model's output is {contract.output.name!r}")
+        binary = bool(out.parameters.get("binary_data", all_binary))
+        classes = out.parameters.get("classification")
+        if classes is not None:
+            if not isinstance(classes, int) or classes < 1:
+                raise BadRequestError("classification must be a positive integer")
+            strings = classification_strings(probabilities, contract.labels, classes)
+            shape = [n, len(strings[0])]
+            if binary:
+                blob = encode_bytes([s.encode() for row in strings for s in row])
+                outputs.append(
+                    ResponseOutput(
+                        name=out.name, shape=shape, datatype="BYTES", parameters={"binary_data_size": len(blob)}
+                    )
+                )
+                binaries.append(blob)
+            else:
+                outputs.append(
+                    ResponseOutput(
+                        name=out.name, shape=shape, datatype="BYTES", data=[s for row in strings for s in row]
+                    )
+                )
+            continue
+        values = np.ascontiguousarray(probabilities, dtype="<f4")
+        if binary:
+            blob = values.tobytes()
+            outputs.append(
+                ResponseOutput(name=out.name, shape=[n, k], datatype="FP32", parameters={"binary_data_size": len(blob)})
+            )
+            binaries.append(blob)
+        else:
+            outputs.append(ResponseOutput(name=out.name, shape=[n, k], datatype="FP32", data=values.ravel().tolist()))
+    return outputs, binaries
