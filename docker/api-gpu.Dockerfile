@@ -1,0 +1,47 @@
+# The server on an NVIDIA GPU.
+#
+# onnxruntime-gpu 1.22.0 is built against CUDA 12.x and cuDNN 9.x: ONNX Runtime's
+# "CUDA Execution Provider → Requirements" table lists CUDA 12.x / cuDNN 9.x for the
+# PyPI packages from 1.19 on (CUDA minor-version compatible within 12.x; cuDNN 8 and 9
+# are not interchangeable). The base image below provides exactly that pair.
+# SERVE_REQUIRE_GPU is on: a host without a usable GPU fails at start instead of
+# serving on CPU unnoticed.
+# Build from the repository root:  docker build -f docker/api-gpu.Dockerfile -t imgserve-api-gpu .
+
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG ORT_GPU_VERSION=1.22.0
+
+FROM ${CUDA_IMAGE} AS build
+ARG ORT_GPU_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY registry ./registry
+COPY training/__init__.py ./training/__init__.py
+RUN pip install ".[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}"
+
+FROM ${CUDA_IMAGE}
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_PORT=8000 \
+    SERVE_PROVIDERS=cuda \
+    SERVE_REQUIRE_GPU=true \
+    REGISTRY_ARTIFACTS_DIR=/data/artifacts
+COPY --from=build /opt/venv /opt/venv
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /data/artifacts && chown -R app:app /data
+USER app
+WORKDIR /home/app
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SERVE_PORT', '8000'), timeout=2)"]
+CMD ["python", "-m", "app"]

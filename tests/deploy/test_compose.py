@@ -1,0 +1,215 @@
+"""compose.yaml and the Dockerfiles, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from app.main import create_app
+from app.settings import BatchingSettings, LimitSettings, Settings
+from registry.settings import RegistrySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+PROFILES = ["", "gpu", "train", "monitoring"]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if os.environ.get("REQUIRE_DOCKER_COMPOSE") == "1":
+            pytest.fail("docker-compose is not installed (REQUIRE_DOCKER_COMPOSE=1 forbids skipping)")
+        pytest.skip("docker-compose is not installed: apt-get install docker-compose")
+    return found
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p or "default" for p in PROFILES])
+def test_compose_config_validates(profile: str) -> None:
+    args = [docker_compose(), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE)]
+    if profile:
+        args += ["--profile", profile]
+    proc = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    # Always on: the database, its migrations and the CPU API; the rest only under their profile.
+    assert {"db", "migrate", "api"} <= set(services)
+    assert all("profiles" not in services[name] for name in ("db", "migrate", "api"))
+    profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiles == {"api-gpu": ["gpu"], "trainer": ["train"], "prometheus": ["monitoring"]}
+    # Values come from .env.example: nothing left unresolved.
+    assert re.search(r"(?<!\$)\$\{", proc.stdout) is None  # $${...} is the container shell's, not compose's
+
+
+def _setting_exists(key: str) -> bool:
+    if key.startswith("REGISTRY_"):
+        return key.removeprefix("REGISTRY_").lower() in RegistrySettings.model_fields
+    name = key.removeprefix("SERVE_").lower()
+    if "__" in name:
+        group, field = name.split("__", 1)
+        nested = {"batching": BatchingSettings, "limits": LimitSettings}.get(group)
+        return nested is not None and field in nested.model_fields
+    return name in Settings.model_fields
+
+
+def test_every_variable_compose_sets_is_accepted() -> None:
+    services = compose()["services"]
+    entrypoint = (DOCKER / "train-entrypoint.sh").read_text()
+    for name, service in services.items():
+        for key in service.get("environment", {}):
+            if key.startswith(("SERVE_", "REGISTRY_")):
+                assert _setting_exists(key), f"{name}: {key} is not a setting"
+            elif key.startswith("TRAIN_"):
+                assert f"${{{key}" in entrypoint, f"{name}: {key} is not read by train-entrypoint.sh"
+            else:
+                assert name == "db" and key.startswith("POSTGRES_"), f"{name}: unexpected variable {key}"
+    example = env_example()
+    referenced = set(re.findall(r"\$\{([A-Z_0-9]+)", COMPOSE.read_text()))
+    assert referenced - set(example) == set(), "variables compose.yaml reads but .env.example omits"
+
+
+def test_api_settings_load_from_the_compose_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    api_env = compose()["services"]["api"]["environment"]
+    example = env_example()
+    for key, value in api_env.items():
+        resolved = re.sub(r"\$\{([A-Z_0-9]+)(:[-?][^}]*)?\}", lambda m: example.get(m.group(1), ""), str(value))
+        monkeypatch.setenv(key, resolved)
+    settings = Settings()
+    assert settings.port == 8000
+    assert settings.host == "0.0.0.0"
+    assert settings.batching.max_batch_size == int(example["SERVE_BATCHING__MAX_BATCH_SIZE"])
+    assert settings.registry.database_url.startswith("postgresql+psycopg://imgserve:")
+    assert settings.registry.artifacts_dir == Path("/data/artifacts")
+    assert isinstance(settings.admin_tokens, SecretStr)
+    create_app(settings)  # the example tokens are well-formed
+
+
+def test_ports_and_healthchecks_line_up() -> None:
+    services = compose()["services"]
+    routes = set(create_app(Settings()).openapi()["paths"])
+    for name in ("api", "api-gpu"):
+        service = services[name]
+        container_port = str(service["ports"][0]).rsplit(":", 1)[1]
+        assert container_port == service["environment"]["SERVE_PORT"] == "8000"
+        path = re.search(r"127\.0\.0\.1:\d+(/\w+)", " ".join(service["healthcheck"]["test"])).group(1)
+        assert path in routes
+    for dockerfile in ("api.Dockerfile", "api-gpu.Dockerfile"):
+        text = (DOCKER / dockerfile).read_text()
+        assert "EXPOSE 8000" in text
+        assert "SERVE_PORT=8000" in text
+        healthcheck = re.search(r"HEALTHCHECK .*\n\s+CMD (.*)", text).group(1)
+        assert "/readyz" in healthcheck
+    assert "/readyz" in routes
+    assert services["api"]["ports"][0].startswith("${API_PORT_RANGE")  # a range, so replicas can scale
+
+
+def test_trainer_and_api_share_the_artifact_volume() -> None:
+    services = compose()["services"]
+
+    def mount(service: str) -> tuple[str, str, bool]:
+        for volume in services[service]["volumes"]:
+            parts = volume.split(":")
+            if parts[1] == services[service]["environment"]["REGISTRY_ARTIFACTS_DIR"]:
+                return parts[0], parts[1], parts[2:] == ["ro"]
+        raise AssertionError(f"{service} does not mount its REGISTRY_ARTIFACTS_DIR")
+
+    assert mount("trainer") == ("artifacts", "/data/artifacts", False)
+    assert mount("api") == ("artifacts", "/data/artifacts", True)
+    assert mount("api-gpu") == ("artifacts", "/data/artifacts", True)
+    assert "artifacts" in compose()["volumes"]
+    assert services["migrate"]["command"] == ["registry", "db", "upgrade"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+
+
+def _final_stage(dockerfile: str) -> str:
+    text = (DOCKER / dockerfile).read_text()
+    return text[text.rindex("\nFROM ") :]
+
+
+@pytest.mark.parametrize("dockerfile", ["api.Dockerfile", "api-gpu.Dockerfile", "train.Dockerfile"])
+def test_images_run_as_a_non_root_user(dockerfile: str) -> None:
+    users = re.findall(r"^USER (\S+)", _final_stage(dockerfile), re.MULTILINE)
+    assert users, f"{dockerfile}: the final stage sets no USER"
+    assert users[-1] not in ("root", "0")
+
+
+def test_api_images_have_healthchecks_and_the_gpu_image_requires_a_gpu() -> None:
+    for dockerfile in ("api.Dockerfile", "api-gpu.Dockerfile"):
+        assert "HEALTHCHECK" in _final_stage(dockerfile)
+    gpu = (DOCKER / "api-gpu.Dockerfile").read_text()
+    assert "SERVE_REQUIRE_GPU=true" in _final_stage("api-gpu.Dockerfile")
+    version = re.search(r"ORT_GPU_VERSION=(\S+)", gpu).group(1)
+    base = re.search(r"CUDA_IMAGE=(\S+)", gpu).group(1)
+    assert version == "1.22.0"
+    assert re.match(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-", base), "onnxruntime-gpu 1.22 needs CUDA 12 + cuDNN 9"
+
+
+def _pip_extras(dockerfile: str) -> set[str]:
+    lines = [line for line in (DOCKER / dockerfile).read_text().splitlines() if "pip install" in line]
+    return {extra for line in lines for group in re.findall(r"\.\[([^\]]+)\]", line) for extra in group.split(",")}
+
+
+BANNED = ("tensorflow", "keras", "tf2onnx", "tf-keras")
+
+
+def test_cpu_image_installs_only_the_serve_extra() -> None:
+    assert _pip_extras("api.Dockerfile") == {"serve"}
+    assert _pip_extras("api-gpu.Dockerfile") == {"gpu"}
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"] + project["optional-dependencies"]["serve"]:
+        assert not requirement.lower().startswith(BANNED), requirement
+
+
+def test_serve_install_cannot_pull_tensorflow(tmp_path: Path) -> None:
+    """Resolve `.[serve]` as the image does (nothing installed) and list what it would bring."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{ROOT}[serve]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0 and "Could not find a version" in proc.stderr + proc.stdout:
+        pytest.fail(f"pip could not resolve .[serve]: {proc.stderr[-500:]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "onnxruntime" in names and "fastapi" in names
+    assert not {n for n in names if n.startswith(BANNED)}, names
