@@ -34,7 +34,7 @@ def admin_tokens(settings: Settings) -> dict[str, str]:
     return parse_tokens(settings.admin_tokens.get_secret_value() if settings.admin_tokens else None)
 
 
-def require_admin(request: Request) -> str:
+async def require_admin(request: Request) -> str:
     """The caller's name, recorded as the actor; 403 when the admin API is off, 401 on a bad token."""
     tokens: dict[str, str] = request.app.state.admin_tokens
     if not tokens:

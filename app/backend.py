@@ -69,6 +69,10 @@ class OrtBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3
+        # Idle ONNX Runtime threads spin-wait for the next run by default, burning the cores the
+        # event loop and the decoders need between batches; a server is never idle long enough to gain.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own (unexported) types for bad graphs

@@ -129,15 +129,22 @@ class Batcher:
 
     async def _wait_for_batch(self) -> None:
         deadline = self._queue[0].enqueued + self.max_batch_delay_s
+        if self._queued_rows >= self.max_batch_size or time.perf_counter() >= deadline:
+            return
+        # A submit or the deadline timer wakes us. The timer is re-armed on every wake-up: event-loop
+        # timers (uvloop's have millisecond resolution) may fire a little before `deadline`, and waiting
+        # again without one would hold a lone request until the next arrives.
+        loop = asyncio.get_running_loop()
         while self._queued_rows < self.max_batch_size and not self._closing:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
             self._wakeup.clear()
+            timer = loop.call_later(remaining, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []

@@ -1,10 +1,15 @@
-"""Request body limit, enforced before and while the body is read."""
+"""Limits enforced in front of the application: request body size, and requests in flight."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLargeError
+
+INFERENCE_SUFFIXES = ("/predict", "/infer")
 
 
 class BodyLimitMiddleware:
@@ -43,17 +48,49 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-async def _reject(scope: Scope, send: Send, message: str) -> None:
-    import json
+class AdmissionMiddleware:
+    """Sheds inference requests past `max_inflight` at once, with 503 and Retry-After, unread.
 
+    The batcher's queue bound limits rows waiting for ONNX Runtime, but under a flood the
+    requests pile up before that, in the event loop (parsing, reading, decoding), and
+    every accepted request waits behind them. Refusing at the door keeps the latency of
+    accepted requests bounded, and a refusal costs almost nothing.
+    """
+
+    def __init__(self, app: ASGIApp, max_inflight: int, on_shed: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self._on_shed = on_shed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(INFERENCE_SUFFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            if self._on_shed is not None:
+                self._on_shed()
+            await _reject(
+                scope,
+                send,
+                f"server overloaded: {self.inflight} requests in flight, retry shortly",
+                status=503,
+                extra_headers=[(b"retry-after", b"1")],
+            )
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+async def _reject(
+    scope: Scope, send: Send, message: str, *, status: int = 413, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     path = scope.get("path", "")
     body = {"error": message} if path.startswith("/v2") else {"error": message, "detail": None}
     payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": payload})

@@ -48,6 +48,9 @@ class Metrics:
         )
         self.swaps = Counter("model_swaps", "Times a served model switched version", ["model"], registry=r)
         self.poll_errors = Counter("registry_poll_errors", "Registry polls that failed", registry=r)
+        self.shed = Counter(
+            "requests_shed_overload", "Inference requests refused with 503 unread: too many in flight", registry=r
+        )
 
     def batch_hook(self, model: str) -> Callable[[BatchStats], None]:
         queue_wait = self.queue_wait.labels(model)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import Executor
+from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.responses import Response
 
 from app.batcher import BatcherClosedError, InferenceError, QueueFullError
 from app.errors import ApiError, BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
 from app.imaging import decode_image
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
-from app.schemas import LabelScore, Prediction
 from app.settings import LimitSettings, Settings
 from registry import ModelContract
 
 IMAGE_FIELDS = ("images", "image")
+DECODE_CHUNKS = 2
 
 
 async def read_uploads(request: Request, limits: LimitSettings, fields: tuple[str, ...] = IMAGE_FIELDS) -> list[bytes]:
@@ -70,8 +73,21 @@ async def decode_all(
                 raise type(exc)(f"image {index}: {exc}") from None
             raise
 
-    arrays = await asyncio.gather(*(loop.run_in_executor(executor, decode, i, b) for i, b in enumerate(blobs)))
-    return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
+    if len(blobs) == 1:  # the common case: skip gather's bookkeeping
+        return (await loop.run_in_executor(executor, decode, 0, blobs[0]))[np.newaxis]
+
+    def decode_chunk(start: int, stop: int) -> list[np.ndarray]:
+        return [decode(i, blobs[i]) for i in range(start, stop)]
+
+    # A few chunks, not one job per image: enough to use every core, few thread hand-offs.
+    step = -(-len(blobs) // DECODE_CHUNKS)
+    chunks = await asyncio.gather(
+        *(
+            loop.run_in_executor(executor, decode_chunk, i, min(i + step, len(blobs)))
+            for i in range(0, len(blobs), step)
+        )
+    )
+    return np.stack([array for chunk in chunks for array in chunk])
 
 
 async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
@@ -108,11 +124,18 @@ async def classify(
         return loaded, await run_batched(loaded, images, metrics)
 
 
-def rank(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
+def rank(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
+    """Per image: the best label and score, and the top k; plain dicts shaped like `Prediction`."""
     k = min(k, len(labels))
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(probabilities, order, axis=1).tolist()
     results = []
-    for row, indices in zip(probabilities, order, strict=True):
-        top = [LabelScore(label=labels[i], score=float(row[i])) for i in indices]
-        results.append(Prediction(label=top[0].label, score=top[0].score, top_k=top))
+    for indices, row_scores in zip(order.tolist(), scores, strict=True):
+        top = [{"label": labels[i], "score": s} for i, s in zip(indices, row_scores, strict=True)]
+        results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
     return results
+
+
+def json_response(content: Any) -> Response:
+    """Serialize once; the route's response_model still documents the shape in OpenAPI."""
+    return Response(json.dumps(content, separators=(",", ":")).encode(), media_type="application/json")

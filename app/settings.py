@@ -26,6 +26,9 @@ class LimitSettings(BaseModel):
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(64, ge=1)
+    max_inflight_requests: int = Field(
+        64, ge=1, description="inference requests handled at once; past it, 503 before the body is read"
+    )
 
 
 class Settings(BaseSettings):

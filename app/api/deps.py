@@ -13,27 +13,27 @@ from app.settings import Settings
 from registry import Registry
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_decode_executor(request: Request) -> Executor:
+async def get_decode_executor(request: Request) -> Executor:
     executor: Executor = request.app.state.decode_executor
     return executor
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
-from app.api.deps import DecodeExecutorDep, ManagerDep, MetricsDep, SettingsDep
+from app.api.deps import ManagerDep
 from app.errors import BadRequestError, NotFoundError
 from app.models import LoadedVersion, ModelManager
 from app.schemas import ErrorBody, LegacyPrediction, LoadedVersionInfo, PredictResponse, ServedModelInfo
-from app.service import classify, rank, read_uploads
+from app.service import classify, json_response, rank, read_uploads
 
 router = APIRouter(tags=["predict"])
 
@@ -57,23 +58,28 @@ TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to 
 async def predict(
     name: str,
     request: Request,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    executor: DecodeExecutorDep,
     version: VersionQuery = None,
     alias: AliasQuery = None,
     top_k: TopKQuery = 3,
-) -> PredictResponse:
+) -> Response:
     """Multipart files in the field `images` (or the original's `image`), or one raw `image/*` body."""
+    # The hot path reads app.state directly: FastAPI dependencies cost more than this CNN's inference.
+    state = request.app.state
     if version is not None and alias is not None:
         raise BadRequestError("give either version or alias, not both")
-    blobs = await read_uploads(request, settings.limits)
+    blobs = await read_uploads(request, state.settings.limits)
     loaded, probabilities = await classify(
-        manager, name, blobs, settings=settings, metrics=metrics, executor=executor, version=version, alias=alias
+        state.manager,
+        name,
+        blobs,
+        settings=state.settings,
+        metrics=state.metrics,
+        executor=state.decode_executor,
+        version=version,
+        alias=alias,
     )
     labels = loaded.info.contract.labels
-    return PredictResponse(model=name, version=loaded.version, predictions=rank(probabilities, labels, top_k))
+    return json_response({"model": name, "version": loaded.version, "predictions": rank(probabilities, labels, top_k)})
 
 
 @router.post(
@@ -83,20 +89,20 @@ async def predict(
     openapi_extra=UPLOAD_BODY,
     summary="The original endpoint: form field `image`, default model",
 )
-async def predict_legacy(
-    request: Request,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    executor: DecodeExecutorDep,
-) -> LegacyPrediction:
-    blobs = await read_uploads(request, settings.limits, fields=("image",))
+async def predict_legacy(request: Request) -> Response:
+    state = request.app.state
+    blobs = await read_uploads(request, state.settings.limits, fields=("image",))
     if len(blobs) != 1:
         raise BadRequestError(f"send exactly one file in the field 'image' (got {len(blobs)})")
+    manager = state.manager
     name = manager.default_model()
-    loaded, probabilities = await classify(manager, name, blobs, settings=settings, metrics=metrics, executor=executor)
+    loaded, probabilities = await classify(
+        manager, name, blobs, settings=state.settings, metrics=state.metrics, executor=state.decode_executor
+    )
     (best,) = rank(probabilities, loaded.info.contract.labels, 1)
-    return LegacyPrediction(prediction=best.label, score=best.score, model=name, version=loaded.version)
+    return json_response(
+        {"prediction": best["label"], "score": best["score"], "model": name, "version": loaded.version}
+    )
 
 
 def describe(manager: ModelManager, name: str) -> ServedModelInfo:

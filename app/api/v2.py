@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import app as app_package
-from app.api.deps import DecodeExecutorDep, ManagerDep, MetricsDep, SettingsDep
+from app.api.deps import ManagerDep
 from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
@@ -165,15 +165,8 @@ INFER_BODY: dict[str, Any] = {
     openapi_extra=INFER_BODY,
     summary="Inference",
 )
-async def infer(
-    name: str,
-    request: Request,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    executor: DecodeExecutorDep,
-) -> Response:
-    return await _infer(name, None, request, manager, settings, metrics, executor)
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(name, None, request)
 
 
 @router.post(
@@ -183,27 +176,17 @@ async def infer(
     openapi_extra=INFER_BODY,
     summary="Inference on a given version",
 )
-async def infer_version(
-    name: str,
-    version: str,
-    request: Request,
-    manager: ManagerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    executor: DecodeExecutorDep,
-) -> Response:
-    return await _infer(name, version, request, manager, settings, metrics, executor)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, version, request)
 
 
-async def _infer(
-    name: str,
-    version: str | None,
-    request: Request,
-    manager: ModelManager,
-    settings: Settings,
-    metrics: Metrics,
-    executor: Executor,
-) -> Response:
+async def _infer(name: str, version: str | None, request: Request) -> Response:
+    # The hot path reads app.state directly: FastAPI dependencies cost more than this CNN's inference.
+    state = request.app.state
+    manager: ModelManager = state.manager
+    settings: Settings = state.settings
+    metrics: Metrics = state.metrics
+    executor: Executor = state.decode_executor
     inference, binary = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     if len(inference.inputs) != 1:
         raise BadRequestError(f"expected exactly one input tensor, got {len(inference.inputs)}")

@@ -326,3 +326,25 @@ asyncio.run(main())
         cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_requests_past_the_inflight_bound_are_shed_unread(served_backend: Backend) -> None:
+    gate = threading.Event()
+    settings = settings_for(served_backend, limits={"max_inflight_requests": 2})
+    app = create_app(settings, backend_factory=lambda data, info: SlowBackend(gate))
+    async with running(app) as client:
+        held = [
+            asyncio.ensure_future(client.post("/v1/models/colors/predict", files=files(solid("red")))) for _ in range(2)
+        ]
+        await asyncio.sleep(0.3)
+        r = await client.post("/v1/models/colors/predict", files=files(solid("red")))
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json() == {"error": "server overloaded: 2 requests in flight, retry shortly", "detail": None}
+        r = await client.post("/v2/models/colors/infer", json={"inputs": []})
+        assert (r.status_code, list(r.json())) == (503, ["error"])
+        assert (await client.get("/v1/models")).status_code == 200  # only inference routes are gated
+        gate.set()
+        assert [h.status_code for h in await asyncio.gather(*held)] == [200, 200]
+        assert (await client.post("/v1/models/colors/predict", files=files(solid("red")))).status_code == 200
+        assert "requests_shed_overload_total 2.0" in (await client.get("/metrics")).text

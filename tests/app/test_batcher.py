@@ -178,3 +178,26 @@ async def test_closed_batcher_refuses_new_rows(executor) -> None:
 def test_arguments_are_validated(kwargs) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         Batcher(lambda x: x, **kwargs)
+
+
+def test_a_lone_request_is_flushed_by_the_deadline_under_uvloop() -> None:
+    """uvloop's millisecond timers can fire just before the deadline; a lone row must still go out."""
+    import time
+
+    import uvloop
+
+    async def scenario() -> list[float]:
+        pool = ThreadPoolExecutor(1)
+        b = Batcher(lambda x: x, executor=pool, max_batch_size=32, max_batch_delay_s=0.0015)
+        b.start()
+        waits = []
+        for _ in range(50):
+            started = time.perf_counter()
+            await asyncio.wait_for(b.submit(rows(1)), 2)
+            waits.append(time.perf_counter() - started)
+        await b.close()
+        pool.shutdown()
+        return waits
+
+    waits = uvloop.run(scenario())
+    assert max(waits) < 1.0  # answered by the deadline, not by the 2 s guard (or never)

@@ -1,0 +1,1 @@
+"""Benchmarks: the server against baselines measured side by side in one run (`python -m bench`)."""

@@ -1,0 +1,107 @@
+"""Measurements without HTTP: ONNX Runtime alone, and the dynamic batcher in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+from app.backend import OrtBackend
+from app.batcher import Batcher
+from registry import ModelContract
+
+
+def make_session(model: bytes, *, spinning: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:  # as the server configures its sessions
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def ort_throughput(
+    session: ort.InferenceSession, input_name: str, images: np.ndarray, batch: int, seconds: float
+) -> float:
+    """Images per second running batches of ``batch`` back to back for about ``seconds``."""
+    x = np.ascontiguousarray(images[np.arange(batch) % len(images)])
+    session.run(None, {input_name: x})  # warm
+    done = 0
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or done == 0:
+        session.run(None, {input_name: x})
+        done += batch
+    return done / elapsed
+
+
+def ort_ceiling(model: bytes, input_name: str, images: np.ndarray, batches: list[int], seconds: float) -> dict:
+    """The best of ORT's default options and the server's (no spin-waiting), per batch size."""
+    default, server = make_session(model), make_session(model, spinning=False)
+    by_config = {
+        "default": {b: ort_throughput(default, input_name, images, b, seconds) for b in batches},
+        "server_options": {b: ort_throughput(server, input_name, images, b, seconds) for b in batches},
+    }
+    by_batch = {b: max(by_config["default"][b], by_config["server_options"][b]) for b in batches}
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return {
+        "images_per_s_by_batch": by_batch,
+        "by_config": by_config,
+        "best_batch": best,
+        "images_per_s": by_batch[best],
+    }
+
+
+def batcher_throughput(
+    model: bytes,
+    contract: ModelContract,
+    images: np.ndarray,
+    *,
+    submitters: int,
+    total: int,
+    max_batch_size: int,
+    max_batch_delay_ms: float,
+) -> dict:
+    """`submitters` concurrent callers of one image each, through the server's Batcher and backend."""
+    backend = OrtBackend(model, contract, providers=["CPUExecutionProvider"])
+    run = backend.run
+
+    async def drive() -> tuple[float, list[int]]:
+        sizes: list[int] = []
+        with ThreadPoolExecutor(4) as pool:
+            batcher = Batcher(
+                run,
+                max_batch_size=max_batch_size,
+                max_batch_delay_s=max_batch_delay_ms / 1000,
+                max_queue_rows=10 * submitters,
+                executor=pool,
+                on_batch=lambda s: sizes.append(s.rows),
+            )
+            batcher.start()
+            remaining = 0
+            singles = [images[i % len(images)][np.newaxis] for i in range(64)]
+
+            async def submitter(k: int) -> None:
+                nonlocal remaining
+                while remaining > 0:
+                    remaining -= 1
+                    await batcher.submit(singles[k % len(singles)])
+
+            remaining = max(submitters, total // 5)
+            await asyncio.gather(*(submitter(k) for k in range(submitters)))  # warm-up round
+            remaining = total
+            sizes.clear()
+            started = time.perf_counter()
+            await asyncio.gather(*(submitter(k) for k in range(submitters)))
+            elapsed = time.perf_counter() - started
+            await batcher.close()
+        return elapsed, sizes
+
+    elapsed, sizes = asyncio.run(drive())
+    return {
+        "submitters": submitters,
+        "images": total,
+        "images_per_s": total / elapsed,
+        "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
+    }

@@ -1,0 +1,150 @@
+"""Targets as ratios measured in the same run, and the files a run leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _find(results: dict[str, Any], name: str, target: str, concurrency: int | None = None) -> dict[str, Any]:
+    for s in results["scenarios"]:
+        if s["name"] == name and s["target"] == target and (concurrency is None or s["concurrency"] == concurrency):
+            return s
+    raise KeyError((name, target, concurrency))
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    ceiling = results["baselines"]["ort_ceiling"]["images_per_s"]
+    batcher = results["baselines"]["batcher_in_process"]
+    s1 = _find(results, "S1 png raw", "server", 32)
+    s1_naive = _find(results, "S1 png raw", "naive", 32)
+    s2 = _find(results, "S2 photo jpeg", "server")
+    s2_naive = _find(results, "S2 photo jpeg", "naive")
+    s3 = _find(results, "S3 16 png multipart", "server")
+    s4 = _find(results, "S4 v2 binary uint8 x8", "server")
+    s5 = _find(results, "S5 overload png raw", "server")
+    s5_only_200_503 = set(s5["statuses"]) <= {"200", "503"}
+
+    def row(name: str, value: float, goal: float, *, higher: bool = True, unit: str = "\u00d7") -> dict[str, Any]:
+        met = value >= goal if higher else value <= goal
+        return {
+            "target": name,
+            "value": round(value, 3),
+            "goal": goal,
+            "higher_is_better": higher,
+            "unit": unit,
+            "met": bool(met),
+        }
+
+    return [
+        row("S1 c=32 throughput / naive", s1["throughput_rps"] / s1_naive["throughput_rps"], 1.5),
+        row("S1 c=32 p99 / naive p99", s1["p99_ms"] / s1_naive["p99_ms"], 1.0, higher=False),
+        row("S2 throughput / naive", s2["throughput_rps"] / s2_naive["throughput_rps"], 1.8),
+        row("S3 images/s / ORT ceiling", s3["images_per_s"] / ceiling, 0.5),
+        row("S4 images/s / ORT ceiling", s4["images_per_s"] / ceiling, 0.7),
+        row(
+            "in-process batcher / ORT same batch", batcher["images_per_s"] / batcher["ort_same_batch_images_per_s"], 0.9
+        ),
+        row("S5 connection errors + timeouts", s5["errors"], 0, higher=False, unit=""),
+        row("S5 answers other than 200/503", 0 if s5_only_200_503 else 1, 0, higher=False, unit=""),
+        row("S5 accepted p99 / S1 c=32 p99", s5["ok_p99_ms"] / s1["p99_ms"], 3.0, higher=False),
+        row("start to ready (s)", results["server"]["start_to_ready_s"], 3.0, higher=False, unit="s"),
+        row("RSS after run (MB)", results["server"]["rss_mb_after_run"], 300, higher=False, unit="MB"),
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    b = results["baselines"]
+    s5 = _find(results, "S5 overload png raw", "server")
+    lines = [
+        f"Machine: {m['cores']} cores, {m['cpu_model']}, provider {m.get('provider', '?')}, "
+        f"ONNX Runtime {m['onnxruntime']}, load from `{m['load_tool']}`; "
+        f"mode {results['mode']}, {results['date'][:19]}Z",
+        "",
+        f"- ORT ceiling (in-process): **{b['ort_ceiling']['images_per_s']:.0f} images/s** at batch "
+        f"{b['ort_ceiling']['best_batch']}"
+        f" (batch 1: {b['ort_ceiling']['images_per_s_by_batch'][1]:.0f}, batch 32: "
+        f"{b['ort_ceiling']['images_per_s_by_batch'][32]:.0f})",
+        f"- In-process batcher, 64 submitters of one image: **{b['batcher_in_process']['images_per_s']:.0f} "
+        f"images/s**, mean batch {b['batcher_in_process']['mean_batch_size']:.1f}",
+        f"- HTTP ceiling (trivial endpoint, c=32): **{b['http_ceiling']['throughput_rps']:.0f} requests/s**",
+        f"- Server start to ready: {results['server']['start_to_ready_s']:.2f} s; RSS after the run: "
+        f"{results['server']['rss_mb_after_run']:.0f} MB",
+        f"- S5 overload: accepted p99 {s5['ok_p99_ms']:.0f} ms over the whole run, {s5['ok_steady_p99_ms']:.0f} ms "
+        "after its first second (the first second holds the client opening 512 connections at once)",
+        "",
+        "| scenario | target | c | req/s | images/s | p50 ms | p90 ms | p99 ms | errors | non-200 | mean batch "
+        "| server CPU (cores) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in results["scenarios"]:
+        batch = f"{s['mean_batch_size']:.1f}" if s["mean_batch_size"] else "-"
+        lines.append(
+            f"| {s['name']} | {s['target']} | {s['concurrency']} | {s['throughput_rps']:.0f} | "
+            f"{s['images_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | "
+            f"{s['non_200']} | {batch} | {s['server_cpu_cores']:.2f} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | :---: |"]
+    for t in results["targets"]:
+        sign = "≥" if t["higher_is_better"] else "≤"
+        lines.append(
+            f"| {t['target']} | {t['value']}{t['unit']} | {sign} {t['goal']}{t['unit']} | "
+            f"{'yes' if t['met'] else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
+    series = [("S1 png raw", "server"), ("S1 png multipart", "server"), ("S1 png raw", "naive")]
+    for name, target in series:
+        points = sorted(
+            (s["concurrency"], s) for s in results["scenarios"] if s["name"] == name and s["target"] == target
+        )
+        if not points:
+            continue
+        xs = [c for c, _ in points]
+        label = f"{target}: {name.removeprefix('S1 png ')}"
+        ax_tp.plot(xs, [s["throughput_rps"] for _, s in points], marker="o", label=label)
+        line = ax_lat.plot(xs, [s["p50_ms"] for _, s in points], marker="o", label=f"{label} p50")[0]
+        ax_lat.plot(
+            xs,
+            [s["p99_ms"] for _, s in points],
+            marker="s",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{label} p99",
+        )
+    ax_tp.axhline(
+        results["baselines"]["ort_ceiling"]["images_per_s"], color="gray", linestyle=":", label="ORT ceiling (images/s)"
+    )
+    ax_tp.set(xscale="log", xlabel="concurrency", ylabel="requests/s", title="S1: one 64x64 PNG per request")
+    ax_lat.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency (ms)", title="S1 latency")
+    for ax in (ax_tp, ax_lat):
+        ax.set_xticks([1, 8, 32, 64], ["1", "8", "32", "64"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    m = results["machine"]
+    fig.suptitle(f"{m['cores']} cores, {m['cpu_model']}, {m.get('provider', '')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{results['date'][:10]}-{results['machine']['host']}" + ("-smoke" if results["mode"] == "smoke" else "")
+    json_path = out / f"{stem}.json"
+    md_path = out / f"{stem}.md"
+    png_path = out / f"{stem}.png"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown(results))
+    plot(results, png_path)
+    return [json_path, md_path, png_path]

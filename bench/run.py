@@ -1,0 +1,538 @@
+"""`python -m bench`: every baseline and scenario in one run, on this machine, side by side.
+
+    python -m bench              # the full run (a few minutes), results in bench/results/
+    python -m bench --smoke      # seconds: tiny request counts, checks the harness works
+
+It starts what it measures itself (the server, the baseline apps), drives load from a
+separate process on loopback (`hey`, else a Python client), and writes
+`bench/results/<date>-<host>.json`, a Markdown table and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from bench import inprocess, report
+from bench.loadgen import LoadResult, run_load
+from registry import ModelContract
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = "china.jpg"  # scikit-learn's bundled 640x427 JPEG
+
+
+@dataclass
+class Profile:
+    """Request counts: full for the published figures, smoke for the test suite."""
+
+    s1_concurrency: list[int]
+    requests: dict[str, int]
+    ort_seconds: float
+    batcher_images: int
+    overload_concurrency: int = 512
+
+
+FULL = Profile(
+    s1_concurrency=[1, 8, 32, 64],
+    requests={
+        "c1": 400,
+        "c8": 1500,
+        "c32": 3000,
+        "c64": 3000,
+        "s2": 1200,
+        "s3": 300,
+        "s4": 600,
+        "s5": 20480,
+        "http": 6000,
+    },
+    ort_seconds=2.0,
+    batcher_images=6000,
+)
+SMOKE = Profile(
+    s1_concurrency=[1, 8, 32, 64],
+    requests={"c1": 5, "c8": 16, "c32": 32, "c64": 64, "s2": 32, "s3": 8, "s4": 8, "s5": 512, "http": 32},
+    ort_seconds=0.1,
+    batcher_images=128,
+)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+    ready_after_s: float
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextmanager
+def start(command: list[str], env: dict[str, str], probe: str, log: Path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        popen = subprocess.Popen(
+            [*command, "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            while True:
+                if popen.poll() is not None:
+                    raise RuntimeError(f"{command} exited with {popen.returncode}; see {log}")
+                try:
+                    if httpx.get(url + probe, timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.perf_counter() - started > 120:
+                    raise RuntimeError(f"{command} not ready after 120 s; see {log}")
+                time.sleep(0.02)
+            yield Proc(popen, url, time.perf_counter() - started)
+        finally:
+            popen.terminate()
+            try:
+                popen.wait(30)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+
+
+def uvicorn_app(target: str) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+
+def multipart(files: list[bytes], field: str = "images", mime: str = "image/png") -> tuple[bytes, str]:
+    boundary = "imgservebenchboundary7d1f"
+    parts = [
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.png"\r\n'
+            f"Content-Type: {mime}\r\n\r\n"
+        ).encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def digit_pngs(count: int, size: int) -> list[bytes]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for i in range(count):
+        img = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").convert("RGB")
+        buf = io.BytesIO()
+        img.resize((size, size), Image.Resampling.BILINEAR).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def photo() -> bytes:
+    import sklearn
+
+    return (Path(sklearn.__file__).parent / "datasets" / "images" / PHOTO).read_bytes()
+
+
+# -- model ----------------------------------------------------------------------------------
+
+
+def ensure_model(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    if args.model and args.meta:
+        return Path(args.model), Path(args.meta)
+    cached = ROOT / "var" / "bench" / "model"
+    if not (cached / "model.onnx").exists():
+        print("training a digits model for the benchmark (1 epoch) ...", flush=True)
+        runs = work / "train-runs"
+        subprocess.run(
+            [sys.executable, "-m", "training", "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs)],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        (run_dir,) = runs.iterdir()
+        cached.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run_dir / "model.onnx", cached / "model.onnx")
+        shutil.copy(run_dir / "meta.json", cached / "meta.json")
+    return cached / "model.onnx", cached / "meta.json"
+
+
+def prepare_registry(work: Path, model: Path, meta: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "REGISTRY_DATABASE_URL": f"sqlite:///{work / 'registry.db'}",
+        "REGISTRY_ARTIFACTS_DIR": str(work / "artifacts"),
+    }
+    for args in (
+        ["db", "upgrade"],
+        ["register", "digits", str(model), "--meta", str(meta)],
+        ["promote", "digits", "1", "--reason", "benchmark"],
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "registry", *args], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL
+        )
+    return env
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def batch_counters(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for key in values:
+            if line.startswith(f"batch_size_rows_{key}{{"):
+                values[key] += float(line.rsplit(" ", 1)[1])
+    return values["sum"], values["count"]
+
+
+def measure(
+    name: str,
+    target: str,
+    proc: Proc,
+    path: str,
+    body: bytes | None,
+    content_type: str,
+    *,
+    concurrency: int,
+    requests: int,
+    images: int,
+    work: Path,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+    with_metrics: bool = False,
+) -> dict[str, Any]:
+    body_file = None
+    if body is not None:
+        body_file = work / f"body-{abs(hash(body))}.bin"
+        body_file.write_bytes(body)
+    url = proc.url + path
+    kwargs = {"content_type": content_type, "headers": headers or {}, "method": method}
+    run_load(url, body_file, requests=min(requests, max(concurrency, 50)), concurrency=concurrency, **kwargs)  # warm
+    batches_before = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
+    cpu_before = proc.cpu_seconds()
+    result: LoadResult = run_load(url, body_file, requests=requests, concurrency=concurrency, **kwargs)
+    cpu = proc.cpu_seconds() - cpu_before
+    batches_after = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
+    lat = np.array(result.latencies_s or [float("nan")]) * 1000
+    ok = np.array(result.ok_latencies_s or [float("nan")]) * 1000
+    steady = np.array(result.ok_steady_latencies_s or [float("nan")]) * 1000
+    completed = sum(result.statuses.values())
+    rows = batches_after[0] - batches_before[0]
+    n_batches = batches_after[1] - batches_before[1]
+    entry = {
+        "name": name,
+        "target": target,
+        "concurrency": concurrency,
+        "requests": result.requests,
+        "images_per_request": images,
+        "tool": result.tool,
+        "wall_s": result.wall_s,
+        "throughput_rps": completed / result.wall_s,
+        "images_per_s": result.statuses.get(200, 0) * images / result.wall_s,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "ok_p99_ms": float(np.percentile(ok, 99)),
+        "ok_steady_p99_ms": float(np.percentile(steady, 99)),
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+        "errors": result.errors,
+        "non_200": completed - result.statuses.get(200, 0),
+        "mean_batch_size": rows / n_batches if n_batches else None,
+        "server_cpu_cores": cpu / result.wall_s,
+    }
+    print(
+        f"  {name:<28} {target:<8} c={concurrency:<4} {entry['throughput_rps']:8.1f} req/s "
+        f"{entry['images_per_s']:8.1f} img/s  p50 {entry['p50_ms']:7.1f} ms  p99 {entry['p99_ms']:7.1f} ms  "
+        f"errors {entry['errors']}  non-200 {entry['non_200']}"
+        + (f"  batch {entry['mean_batch_size']:.1f}" if entry["mean_batch_size"] else ""),
+        flush=True,
+    )
+    return entry
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "host": socket.gethostname(),
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "load_tool": "hey" if shutil.which("hey") else "python-httpx",
+    }
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    profile = SMOKE if args.smoke else FULL
+    stamp = datetime.now(UTC)
+    work = Path(args.work or ROOT / "var" / "bench" / stamp.strftime("%Y%m%dT%H%M%S"))
+    work.mkdir(parents=True, exist_ok=True)
+    model, meta_path = ensure_model(args, work)
+    meta = json.loads(meta_path.read_text())
+    contract = meta["contract"]
+    size = contract["preprocessing"]["size"][0]
+    env = prepare_registry(work, model, meta_path)
+    pngs = digit_pngs(64, size)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in pngs])
+    results: dict[str, Any] = {
+        "date": stamp.isoformat(),
+        "mode": "smoke" if args.smoke else "full",
+        "machine": machine(),
+        "model": {"input": contract["input"], "labels": len(contract["labels"]), "size": size},
+        "baselines": {},
+        "scenarios": [],
+    }
+    model_bytes = model.read_bytes()
+    r = profile.requests
+
+    print("ONNX Runtime in-process ...", flush=True)
+    ceiling = inprocess.ort_ceiling(
+        model_bytes, contract["input"]["name"], images, [1, 8, 16, 32, 64, 128], profile.ort_seconds
+    )
+    results["baselines"]["ort_ceiling"] = ceiling
+    print(f"  ORT ceiling {ceiling['images_per_s']:.0f} img/s at batch {ceiling['best_batch']}", flush=True)
+    batcher = inprocess.batcher_throughput(
+        model_bytes,
+        ModelContract.model_validate(contract),
+        images,
+        submitters=64,
+        total=profile.batcher_images,
+        max_batch_size=32,
+        max_batch_delay_ms=2,
+    )
+    # Same session options as the batcher's backend (the server's), same batch size.
+    batcher["ort_same_batch_images_per_s"] = ceiling["by_config"]["server_options"][32]
+    results["baselines"]["batcher_in_process"] = batcher
+    print(
+        f"  batcher, 64 submitters: {batcher['images_per_s']:.0f} img/s, mean batch {batcher['mean_batch_size']:.1f}",
+        flush=True,
+    )
+
+    png, jpeg = pngs[7], photo()
+    one_multipart, one_mp_type = multipart([pngs[7]])
+    sixteen, sixteen_type = multipart(pngs[:16])
+    x8 = np.ascontiguousarray(images[:8])
+    v2_header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": contract["input"]["name"],
+                    "shape": list(x8.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": x8.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+
+    print("HTTP ceiling (trivial endpoint) ...", flush=True)
+    with start(uvicorn_app("bench.apps:trivial_app"), env, "/ping", work / "trivial.log") as proc:
+        results["baselines"]["http_ceiling"] = measure(
+            "http ceiling",
+            "trivial",
+            proc,
+            "/ping",
+            None,
+            "text/plain",
+            method="GET",
+            concurrency=32,
+            requests=r["http"],
+            images=0,
+            work=work,
+        )
+
+    print("naive baseline (decode + ORT per request on the event loop) ...", flush=True)
+    naive_env = {**env, "BENCH_MODEL": str(model), "BENCH_META": str(meta_path)}
+    with start(uvicorn_app("bench.apps:naive_app"), naive_env, "/openapi.json", work / "naive.log") as proc:
+        for c in profile.s1_concurrency:
+            results["scenarios"].append(
+                measure(
+                    "S1 png raw",
+                    "naive",
+                    proc,
+                    "/predict",
+                    png,
+                    "image/png",
+                    concurrency=c,
+                    requests=r[f"c{c}"],
+                    images=1,
+                    work=work,
+                )
+            )
+        results["scenarios"].append(
+            measure(
+                "S2 photo jpeg",
+                "naive",
+                proc,
+                "/predict",
+                jpeg,
+                "image/jpeg",
+                concurrency=32,
+                requests=r["s2"],
+                images=1,
+                work=work,
+            )
+        )
+
+    print("the server, default settings ...", flush=True)
+    with start([sys.executable, "-m", "app", "--log-level", "warning"], env, "/readyz", work / "server.log") as proc:
+        results["server"] = {"start_to_ready_s": proc.ready_after_s}
+        provider = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
+        results["machine"]["provider"] = provider
+        path = "/v1/models/digits/predict"
+        m = {"with_metrics": True, "work": work}
+        for c in profile.s1_concurrency:
+            results["scenarios"].append(
+                measure(
+                    "S1 png raw",
+                    "server",
+                    proc,
+                    path,
+                    png,
+                    "image/png",
+                    concurrency=c,
+                    requests=r[f"c{c}"],
+                    images=1,
+                    **m,
+                )
+            )
+        for c in profile.s1_concurrency:
+            results["scenarios"].append(
+                measure(
+                    "S1 png multipart",
+                    "server",
+                    proc,
+                    path,
+                    one_multipart,
+                    one_mp_type,
+                    concurrency=c,
+                    requests=r[f"c{c}"],
+                    images=1,
+                    **m,
+                )
+            )
+        results["scenarios"].append(
+            measure(
+                "S2 photo jpeg",
+                "server",
+                proc,
+                path,
+                jpeg,
+                "image/jpeg",
+                concurrency=32,
+                requests=r["s2"],
+                images=1,
+                **m,
+            )
+        )
+        results["scenarios"].append(
+            measure(
+                "S3 16 png multipart",
+                "server",
+                proc,
+                path,
+                sixteen,
+                sixteen_type,
+                concurrency=8,
+                requests=r["s3"],
+                images=16,
+                **m,
+            )
+        )
+        results["scenarios"].append(
+            measure(
+                "S4 v2 binary uint8 x8",
+                "server",
+                proc,
+                "/v2/models/digits/infer",
+                v2_header + x8.tobytes(),
+                "application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(len(v2_header))},
+                concurrency=8,
+                requests=r["s4"],
+                images=8,
+                **m,
+            )
+        )
+        results["scenarios"].append(
+            measure(
+                "S5 overload png raw",
+                "server",
+                proc,
+                path,
+                png,
+                "image/png",
+                concurrency=profile.overload_concurrency,
+                requests=r["s5"],
+                images=1,
+                **m,
+            )
+        )
+        results["server"]["rss_mb_after_run"] = proc.rss_mb()
+    results["targets"] = report.targets(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny request counts: checks the harness, not speed")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where results go")
+    parser.add_argument("--model", help="ONNX file to use (default: train a digits model once, cached)")
+    parser.add_argument("--meta", help="its meta.json (with --model)")
+    parser.add_argument("--work", help="scratch directory (default: var/bench/<time>)")
+    args = parser.parse_args(argv)
+    results = run(args)
+    paths = report.write(results, args.out)
+    print("\n" + report.markdown(results))
+    for path in paths:
+        print(f"wrote {path}")
