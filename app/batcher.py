@@ -62,8 +62,11 @@ class Batcher:
         max_queue_rows: int = 256,
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
+        can_grow: Callable[[int], bool] | None = None,
         name: str = "batcher",
     ) -> None:
+        """``can_grow(queued_requests)`` says whether another request may still join the batch;
+        when it says no, the batch goes at once instead of waiting out the delay for nobody."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_batch_delay_s < 0:
@@ -76,6 +79,7 @@ class Batcher:
         self.max_queue_rows = max_queue_rows
         self._executor = executor
         self._on_batch = on_batch
+        self._can_grow = can_grow
         self.name = name
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -138,6 +142,8 @@ class Batcher:
         while self._queued_rows < self.max_batch_size and not self._closing:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
+                return
+            if self._can_grow is not None and not self._can_grow(len(self._queue)):
                 return
             self._wakeup.clear()
             timer = loop.call_later(remaining, self._wakeup.set)

@@ -48,6 +48,17 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+class InflightCounter:
+    """Inference requests between arrival and answer, shared by the admission gate and the batchers."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def others_than(self, queued: int) -> bool:
+        """Whether requests beyond the ``queued`` ones are in flight (and may join a batch)."""
+        return self.value > queued
+
+
 class AdmissionMiddleware:
     """Sheds inference requests past `max_inflight` at once, with 503 and Retry-After, unread.
 
@@ -57,32 +68,34 @@ class AdmissionMiddleware:
     accepted requests bounded, and a refusal costs almost nothing.
     """
 
-    def __init__(self, app: ASGIApp, max_inflight: int, on_shed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_inflight: int, counter: InflightCounter, on_shed: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.max_inflight = max_inflight
-        self.inflight = 0
+        self.counter = counter
         self._on_shed = on_shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(INFERENCE_SUFFIXES):
             await self.app(scope, receive, send)
             return
-        if self.inflight >= self.max_inflight:
+        if self.counter.value >= self.max_inflight:
             if self._on_shed is not None:
                 self._on_shed()
             await _reject(
                 scope,
                 send,
-                f"server overloaded: {self.inflight} requests in flight, retry shortly",
+                f"server overloaded: {self.counter.value} requests in flight, retry shortly",
                 status=503,
                 extra_headers=[(b"retry-after", b"1")],
             )
             return
-        self.inflight += 1
+        self.counter.value += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight -= 1
+            self.counter.value -= 1
 
 
 async def _reject(

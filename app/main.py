@@ -15,7 +15,7 @@ from app.api import admin, health, v1, v2
 from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers
 from app.errors import install_handlers
-from app.limits import AdmissionMiddleware, BodyLimitMiddleware
+from app.limits import AdmissionMiddleware, BodyLimitMiddleware, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
 from app.settings import Settings, get_settings
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     settings = settings or get_settings()
     tokens = admin_tokens(settings)  # a malformed SERVE_ADMIN_TOKENS fails here, before serving
     metrics = Metrics()
+    inflight = InflightCounter()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
             backend_factory=factory,
             inference_executor=inference_executor,
             loader_executor=loader_executor,
+            can_grow=inflight.others_than,
         )
         collector = StateCollector(manager.snapshot)
         metrics.add_collector(collector)
@@ -114,7 +116,10 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     _document_v2_request(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
     app.add_middleware(
-        AdmissionMiddleware, max_inflight=settings.limits.max_inflight_requests, on_shed=metrics.shed.inc
+        AdmissionMiddleware,
+        max_inflight=settings.limits.max_inflight_requests,
+        counter=inflight,
+        on_shed=metrics.shed.inc,
     )
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app

@@ -111,6 +111,7 @@ class ModelManager:
         backend_factory: BackendFactory,
         inference_executor: Executor,
         loader_executor: Executor,
+        can_grow: Callable[[int], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -118,6 +119,7 @@ class ModelManager:
         self._backend_factory = backend_factory
         self._inference_executor = inference_executor
         self._loader_executor = loader_executor
+        self._can_grow = can_grow
         self.states: dict[str, ModelState] = {}
         self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
         self._pin_loads: dict[tuple[str, int], asyncio.Task[LoadedVersion]] = {}
@@ -248,6 +250,7 @@ class ModelManager:
             max_queue_rows=b.max_queue_rows,
             executor=self._inference_executor,
             on_batch=self.metrics.batch_hook(name),
+            can_grow=self._can_grow,
             name=f"{name} v{version}",
         )
         batcher.start()

@@ -98,10 +98,15 @@ def batcher_throughput(
             await batcher.close()
         return elapsed, sizes
 
-    elapsed, sizes = asyncio.run(drive())
+    # Three trials, the median reported: one trial of a second swings by a third on a shared machine.
+    trials = [asyncio.run(drive()) for _ in range(3)]
+    rates = [total / elapsed for elapsed, _ in trials]
+    median = sorted(range(3), key=lambda i: rates[i])[1]
+    sizes = trials[median][1]
     return {
         "submitters": submitters,
         "images": total,
-        "images_per_s": total / elapsed,
+        "images_per_s": rates[median],
+        "trials_images_per_s": rates,
         "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
     }

@@ -201,3 +201,21 @@ def test_a_lone_request_is_flushed_by_the_deadline_under_uvloop() -> None:
 
     waits = uvloop.run(scenario())
     assert max(waits) < 1.0  # answered by the deadline, not by the 2 s guard (or never)
+
+
+async def test_no_waiting_when_nobody_else_can_join(executor) -> None:
+    rec = Recorder()
+    in_flight = 1  # only the request already queued
+    b = Batcher(
+        rec, executor=executor, max_batch_size=32, max_batch_delay_s=LONG, can_grow=lambda queued: in_flight > queued
+    )
+    b.start()
+    assert (await asyncio.wait_for(b.submit(rows(3)), 5)).tolist() == [[30]]  # not held for the 60 s delay
+    in_flight = 2  # another request is on its way: wait for it
+    first = asyncio.ensure_future(b.submit(rows(1)))
+    done, _ = await asyncio.wait({first}, timeout=0.1)
+    assert not done
+    second = asyncio.ensure_future(b.submit(rows(2)))
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert rec.batches == [[3], [1, 2]]
+    await b.close()
