@@ -8,6 +8,7 @@ Requests share the `/v1` batcher of the version they address.
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Executor
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 import app as app_package
 from app.api.deps import ManagerDep
-from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError, UnavailableError
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
 from app.oip import (
@@ -40,10 +41,14 @@ from app.oip import (
 from app.schemas import ErrorBody
 from app.service import decode_all, run_batched
 from app.settings import Settings
+from registry import VersionInfo
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
+# JSON headers up to this size are parsed on the event loop (a binary request's header is a few
+# hundred bytes); bigger ones carry tensor data as JSON numbers and are parsed in the decode pool.
+INLINE_JSON_BYTES = 64 * 1024
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "malformed request: shape, datatype, size, unknown input/output"},
     404: {"model": ErrorBody, "description": "unknown model or version"},
@@ -67,21 +72,25 @@ async def ready(manager: ManagerDep) -> JSONResponse:
     return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 503)
 
 
-async def _loaded(manager: ModelManager, name: str, version: str | None) -> LoadedVersion | None:
-    """The loaded version a v2 route addresses; None when it exists but is not loaded yet."""
+async def _target(manager: ModelManager, name: str, version: str | None) -> tuple[VersionInfo | None, bool]:
+    """The version a v2 route addresses and whether it is loaded here.
+
+    Its info comes from memory when it is loaded, else from the registry: describing a
+    version never loads it. None for a served model whose alias target is not loaded yet.
+    """
     number = _version_number(version)
     if number is None:
         state = manager.states.get(name)
         if state is None:
             raise NotFoundError(f"model {name!r} is not served")
-        return state.current
+        return (state.current.info, True) if state.current else (None, False)
     for _, loaded in manager.loaded_versions():
         if loaded.name == name and loaded.version == number:
-            return loaded
-    info = await manager.call(manager.registry.get_version, name, number)  # 404 when unknown
+            return loaded.info, True
+    info: VersionInfo = await manager.call(manager.registry.get_version, name, number)  # 404 when unknown
     if info.status != "ready":
         raise NotFoundError(f"{name} v{number} is archived")
-    return None
+    return info, False
 
 
 def _version_number(version: str | None) -> int | None:
@@ -92,10 +101,10 @@ def _version_number(version: str | None) -> int | None:
     return int(version)
 
 
-def _metadata(loaded: LoadedVersion, versions: list[str]) -> ModelMetadata:
-    contract = loaded.info.contract
+def _metadata(info: VersionInfo, versions: list[str]) -> ModelMetadata:
+    contract = info.contract
     return ModelMetadata(
-        name=loaded.name,
+        name=info.model_name,
         versions=versions,
         platform="onnxruntime_onnx",
         inputs=[
@@ -120,12 +129,11 @@ async def version_metadata(name: str, version: str, manager: ManagerDep) -> Mode
 
 
 async def _model_metadata(manager: ModelManager, name: str, version: str | None) -> ModelMetadata:
-    loaded = await _loaded(manager, name, version)
-    if loaded is None:
-        async with manager.lease(name, version=_version_number(version)) as loaded:
-            pass
+    info, _ = await _target(manager, name, version)
+    if info is None:
+        raise UnavailableError(f"model {name!r} is not loaded yet", headers={"Retry-After": "2"})
     versions = await manager.call(manager.registry.list_versions, name)
-    return _metadata(loaded, [str(v.version) for v in versions if v.status == "ready"])
+    return _metadata(info, [str(v.version) for v in versions if v.status == "ready"])
 
 
 @router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
@@ -139,8 +147,7 @@ async def version_ready(name: str, version: str, manager: ManagerDep) -> JSONRes
 
 
 async def _model_ready(manager: ModelManager, name: str, version: str | None) -> JSONResponse:
-    loaded = await _loaded(manager, name, version)
-    ok = loaded is not None
+    _, ok = await _target(manager, name, version)
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
@@ -187,7 +194,14 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     settings: Settings = state.settings
     metrics: Metrics = state.metrics
     executor: Executor = state.decode_executor
-    inference, binary = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    loop = asyncio.get_running_loop()
+    body = await request.body()
+    header_length = request.headers.get(HEADER_LENGTH)
+    json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
+    if json_size > INLINE_JSON_BYTES:  # a JSON tensor: parsing it would stall every other request
+        inference, binary = await loop.run_in_executor(executor, parse_request, body, header_length)
+    else:
+        inference, binary = parse_request(body, header_length)
     if len(inference.inputs) != 1:
         raise BadRequestError(f"expected exactly one input tensor, got {len(inference.inputs)}")
     (tensor,) = inference.inputs
@@ -206,7 +220,12 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
                 )
             if tensor.shape[0] > limit:
                 raise PayloadTooLargeError(f"{tensor.shape[0]} images in one request, the limit is {limit}")
-            images = decode_numeric(tensor, raw)
+            # Binary data is a zero-copy view; JSON data means converting nested lists: off the loop.
+            images = (
+                decode_numeric(tensor, raw)
+                if raw is not None
+                else await loop.run_in_executor(executor, decode_numeric, tensor, None)
+            )
         elif tensor.datatype == "BYTES":
             if len(tensor.shape) != 1 or tensor.shape[0] < 1:
                 raise BadRequestError(f"input {tensor.name!r} has shape {tensor.shape}; BYTES input must be [N]")

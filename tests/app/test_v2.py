@@ -60,6 +60,10 @@ async def test_model_metadata(client: httpx.AsyncClient) -> None:
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
     }
     assert (await client.get("/v2/models/colors/versions/2")).json()["name"] == "colors"
+    # Describing a version reads the registry; it does not load a session for it.
+    assert (await client.get("/v2/models/colors/versions/2/ready")).status_code == 503
+    loaded = (await client.get("/v1/models/colors")).json()["loaded"]
+    assert [v["version"] for v in loaded] == [1]
 
 
 @pytest.mark.parametrize(
@@ -96,6 +100,17 @@ async def test_json_uint8_flat_and_nested(client: httpx.AsyncClient) -> None:
         probs = np.array(out["data"]).reshape(2, 3)
         assert probs.argmax(1).tolist() == [0, 2]
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+
+
+async def test_large_json_tensor(client: httpx.AsyncClient) -> None:
+    colors = ["red", "green", "blue"] * 14  # 42 images: a JSON body well past the inline-parsing size
+    x = pixels(*colors)
+    body = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "UINT8", "data": x.tolist()}]}
+    assert len(json.dumps(body)) > 64 * 1024
+    r = await client.post("/v2/models/colors/infer", json=body)
+    assert r.status_code == 200, r.text
+    probs = np.array(r.json()["outputs"][0]["data"]).reshape(len(colors), 3)
+    assert probs.argmax(1).tolist() == [0, 1, 2] * 14
 
 
 async def test_binary_uint8_in_and_out(client: httpx.AsyncClient) -> None:
