@@ -220,9 +220,10 @@ async def test_unknown_route_is_json(client: httpx.AsyncClient) -> None:
 class SlowBackend:
     """Holds every batch until released; for overload and shutdown tests."""
 
-    def __init__(self, gate: threading.Event, fail: bool = False) -> None:
+    def __init__(self, gate: threading.Event, fail: bool = False, entered: threading.Event | None = None) -> None:
         self.gate = gate
         self.fail = fail
+        self.entered = entered or threading.Event()
 
     @property
     def providers(self) -> list[str]:
@@ -230,6 +231,7 @@ class SlowBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) > 1 or batch.any():  # warm-up batches of zeros pass straight through
+            self.entered.set()
             self.gate.wait(10)
             if self.fail:
                 raise RuntimeError("device on fire")
@@ -242,14 +244,21 @@ class SlowBackend:
 
 
 async def test_overload_answers_503_with_retry_after(served_backend: Backend) -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     settings = settings_for(served_backend, batching={"max_batch_size": 1, "max_queue_rows": 3})
-    app = create_app(settings, backend_factory=lambda data, info: SlowBackend(gate))
+    app = create_app(settings, backend_factory=lambda data, info: SlowBackend(gate, entered=entered))
     async with running(app) as client:
-        tasks = [
-            asyncio.ensure_future(client.post("/v1/models/colors/predict", files=files(solid("red"))))
-            for _ in range(10)
-        ]
+
+        def post() -> asyncio.Future[httpx.Response]:
+            return asyncio.ensure_future(client.post("/v1/models/colors/predict", files=files(solid("red"))))
+
+        tasks = [post()]
+        for _ in range(100):  # the first request is running (held in the backend) before the rest arrive
+            if entered.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert entered.is_set()
+        tasks += [post() for _ in range(9)]
         await asyncio.sleep(0.5)
         gate.set()
         responses = await asyncio.gather(*tasks)
