@@ -133,8 +133,6 @@ class Batcher:
 
     async def _wait_for_batch(self) -> None:
         deadline = self._queue[0].enqueued + self.max_batch_delay_s
-        if self._queued_rows >= self.max_batch_size or time.perf_counter() >= deadline:
-            return
         # A submit or the deadline timer wakes us. The timer is re-armed on every wake-up: event-loop
         # timers (uvloop's have millisecond resolution) may fire a little before `deadline`, and waiting
         # again without one would hold a lone request until the next arrives.

@@ -81,15 +81,17 @@ _REGISTRY_STATUS: dict[type[registry_errors.RegistryError], int] = {
 }
 
 
+def error_body(path: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """`{"error", "detail"}` under /v1; the Open Inference Protocol's `{"error"}` under /v2."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    return {"error": message, "detail": detail}
+
+
 def error_response(
     request: Request, status: int, message: str, detail: Any = None, headers: Any = None
 ) -> JSONResponse:
-    """`{"error", "detail"}` under /v1; the Open Inference Protocol's `{"error"}` under /v2."""
-    if request.url.path.startswith("/v2"):
-        body: dict[str, Any] = {"error": message}
-    else:
-        body = {"error": message, "detail": detail}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, message, detail), status_code=status, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

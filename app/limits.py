@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLargeError
+from app.errors import PayloadTooLargeError, error_body
 
 INFERENCE_SUFFIXES = ("/predict", "/infer")
 
@@ -101,9 +101,7 @@ class AdmissionMiddleware:
 async def _reject(
     scope: Scope, send: Send, message: str, *, status: int = 413, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    path = scope.get("path", "")
-    body = {"error": message} if path.startswith("/v2") else {"error": message, "detail": None}
-    payload = json.dumps(body).encode()
+    payload = json.dumps(error_body(scope.get("path", ""), message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": payload})

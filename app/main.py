@@ -85,7 +85,6 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         app.state.settings = settings
         app.state.admin_tokens = tokens
         app.state.metrics = metrics
-        app.state.registry = registry
         app.state.manager = manager
         app.state.decode_executor = decode_executor
         try:

@@ -127,7 +127,6 @@ class ModelManager:
         self._retiring: set[asyncio.Task[None]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self.last_poll_error: str | None = None
-        self.last_poll_at: float | None = None
         self.started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,7 +176,7 @@ class ModelManager:
 
     async def sync(self) -> None:
         """Resolve every served model's alias and load what changed."""
-        models = await self._in_loader(self.registry.list_models)
+        models = await self.call(self.registry.list_models)
         by_name = {m.name: m for m in models}
         alias = self.settings.alias
         wanted = self.settings.models or sorted(n for n, m in by_name.items() if alias in m.aliases)
@@ -195,7 +194,6 @@ class ModelManager:
                 continue  # an alias removed under a serving model: keep serving, do not go dark
             await self._ensure(state, target)
         self.last_poll_error = None
-        self.last_poll_at = time.time()
 
     async def _ensure(self, state: ModelState, target: int) -> None:
         async with state.lock:
@@ -230,18 +228,17 @@ class ModelManager:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _in_loader(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._loader_executor, fn, *args)
-
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a blocking registry call off the event loop."""
-        return await self._in_loader(functools.partial(fn, *args, **kwargs))
+        """Run a blocking registry (or loading) call in the loader pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._loader_executor, functools.partial(fn, *args, **kwargs)
+        )
 
     async def _load(self, name: str, version: int) -> LoadedVersion:
-        info: VersionInfo = await self._in_loader(self.registry.get_version, name, version)
+        info: VersionInfo = await self.call(self.registry.get_version, name, version)
         if info.status == "archived":
             raise NotFoundError(f"{name} v{version} is archived")
-        backend = await self._in_loader(self._create_backend, name, info)
+        backend = await self.call(self._create_backend, name, info)
         b = self.settings.batching
         batcher = Batcher(
             backend.run,
@@ -322,7 +319,7 @@ class ModelManager:
         cached = self._alias_cache.get((name, alias))
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        info: VersionInfo = await self._in_loader(self.registry.resolve, name, alias)
+        info: VersionInfo = await self.call(self.registry.resolve, name, alias)
         self._alias_cache[(name, alias)] = (info.version, time.monotonic() + self.settings.poll_interval_s)
         return info.version
 
