@@ -63,16 +63,23 @@ class Batcher:
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         can_grow: Callable[[int], bool] | None = None,
+        max_concurrent_batches: int = 1,
         name: str = "batcher",
     ) -> None:
         """``can_grow(queued_requests)`` says whether another request may still join the batch;
-        when it says no, the batch goes at once instead of waiting out the delay for nobody."""
+        when it says no, the batch goes at once instead of waiting out the delay for nobody.
+
+        ``max_concurrent_batches``: batches handed to the executor at once. Above 1, a full batch
+        starts while the previous one still runs, which hides this loop's per-batch work behind
+        the model's when requests pile up; a partial batch still waits for a free model."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_batch_delay_s < 0:
             raise ValueError("max_batch_delay_s must not be negative")
         if max_queue_rows < 1:
             raise ValueError("max_queue_rows must be at least 1")
+        if max_concurrent_batches < 1:
+            raise ValueError("max_concurrent_batches must be at least 1")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
@@ -86,6 +93,8 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def queued_rows(self) -> int:
@@ -119,17 +128,41 @@ class Batcher:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if batch:
-                await self._execute(loop, batch)
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                # A free slot first: while every slot is busy, arriving rows make the next batch bigger.
+                await self._slots.acquire()
+                await self._wait_for_overlap()
+                await self._wait_for_batch()
+                batch = self._take_batch()
+                if not batch:
+                    self._slots.release()
+                    continue
+                task = asyncio.create_task(self._execute(loop, batch))
+                self._running.add(task)
+                task.add_done_callback(self._batch_done)
+        finally:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+        self._wakeup.set()
+
+    async def _wait_for_overlap(self) -> None:
+        """Start a batch beside a running one only if it is full. A partial batch waits for the
+        model to be free, growing meanwhile: on a GPU, two small batches side by side took longer
+        than one bigger batch after the other (S1 on an H100: 1,154 against 1,842 req/s)."""
+        while self._running and self._queued_rows < self.max_batch_size and not self._closing:
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
     async def _wait_for_batch(self) -> None:
         deadline = self._queue[0].enqueued + self.max_batch_delay_s

@@ -15,6 +15,7 @@ from app.api import admin, health, v1, v2
 from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers
 from app.errors import install_handlers
+from app.fastpath import FastPathMiddleware, eligible_routes
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
@@ -22,6 +23,14 @@ from app.settings import Settings, get_settings
 from registry import Registry, VersionInfo
 
 log = logging.getLogger("app")
+
+# Inference routes called straight from the middleware when they come without a query string.
+FAST_PATHS = {
+    "/v1/models/{name}/predict",
+    "/predict",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+}
 
 
 def ort_backend_factory(settings: Settings) -> BackendFactory:
@@ -34,6 +43,8 @@ def ort_backend_factory(settings: Settings) -> BackendFactory:
             providers=providers,
             require_gpu=settings.require_gpu,
             intra_op_threads=settings.intra_op_threads,
+            pad_to=settings.batching.max_batch_size,
+            pad=settings.batching.pad,
         )
 
     return create
@@ -69,7 +80,9 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         factory = backend_factory or ort_backend_factory(settings)
         registry = Registry.from_settings(settings.registry)
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        inference_executor = ThreadPoolExecutor(4, thread_name_prefix="inference")
+        inference_executor = ThreadPoolExecutor(
+            max(4, settings.batching.max_concurrent_batches), thread_name_prefix="inference"
+        )
         loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
         manager = ModelManager(
             settings=settings,
@@ -113,6 +126,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     app.include_router(health.router)
     install_handlers(app)
     _document_v2_request(app)
+    # Innermost first: the fast path runs inside the metrics, admission and body-limit layers.
+    app.add_middleware(FastPathMiddleware, routes=eligible_routes([v1.router, v2.router], FAST_PATHS))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
     app.add_middleware(
         AdmissionMiddleware,

@@ -248,6 +248,7 @@ class ModelManager:
             executor=self._inference_executor,
             on_batch=self.metrics.batch_hook(name),
             can_grow=self._can_grow,
+            max_concurrent_batches=b.max_concurrent_batches,
             name=f"{name} v{version}",
         )
         batcher.start()

@@ -20,6 +20,14 @@ class BatchingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=1024, description="rows per ONNX Runtime call")
     max_batch_delay_ms: float = Field(2.0, ge=0, le=1000, description="wait after the first row for more")
     max_queue_rows: int = Field(256, ge=1, description="rows waiting per version before 503")
+    max_concurrent_batches: int = Field(
+        2, ge=1, le=8, description="batches of one version running at once; 2 overlaps batching work with inference"
+    )
+    pad: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="pad each batch to a multiple of max_batch_size rows; auto: only on CUDA, where every new "
+        "batch shape costs a convolution set-up",
+    )
 
 
 class LimitSettings(BaseModel):

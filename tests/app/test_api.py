@@ -194,20 +194,24 @@ async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
     colors = models[0]
     assert colors["serving_version"] == 1
     assert colors["aliases"] == {"production": 1, "staging": 2}
-    assert colors["loaded"][0]["provider"] == "CPUExecutionProvider"
+    # SERVE_PROVIDERS=auto: CUDA where onnxruntime-gpu sees a GPU, else the CPU.
+    expected = (
+        "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
+    )
+    assert colors["loaded"][0]["provider"] == expected
     assert colors["contract"]["labels"] == ["red", "green", "blue"]
     assert (await client.get("/v1/models/nosuch")).status_code == 404
 
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["models"]["colors"] == {"version": 1, "provider": "CPUExecutionProvider", "error": None}
+    assert ready.json()["models"]["colors"] == {"version": 1, "provider": expected, "error": None}
 
     await client.post("/v1/models/colors/predict", files=files(solid("red"), solid("blue")))
     text = (await client.get("/metrics")).text
     assert 'http_requests_total{method="POST",route="/v1/models/{name}/predict",status="200"} 1.0' in text
     assert 'images_predicted_total{model="colors"} 2.0' in text
     assert 'batch_size_rows_count{model="colors"}' in text
-    assert 'model_loaded_version{model="colors",provider="CPUExecutionProvider",role="current",version="1"} 1.0' in text
+    assert f'model_loaded_version{{model="colors",provider="{expected}",role="current",version="1"}} 1.0' in text
     assert "batch_queue_wait_seconds_bucket" in text
 
 
@@ -245,7 +249,9 @@ class SlowBackend:
 
 async def test_overload_answers_503_with_retry_after(served_backend: Backend) -> None:
     gate, entered = threading.Event(), threading.Event()
-    settings = settings_for(served_backend, batching={"max_batch_size": 1, "max_queue_rows": 3})
+    settings = settings_for(
+        served_backend, batching={"max_batch_size": 1, "max_queue_rows": 3, "max_concurrent_batches": 1}
+    )
     app = create_app(settings, backend_factory=lambda data, info: SlowBackend(gate, entered=entered))
     async with running(app) as client:
 

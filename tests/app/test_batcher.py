@@ -219,3 +219,74 @@ async def test_no_waiting_when_nobody_else_can_join(executor) -> None:
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert rec.batches == [[3], [1, 2]]
     await b.close()
+
+
+class Overlap:
+    """Holds every batch until released and records how many run at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.sizes.append(len(batch))
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        self.gate.wait(10)
+        with self.lock:
+            self.running -= 1
+        return batch * 10
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])
+async def test_at_most_max_concurrent_batches_run_at_once(concurrent: int) -> None:
+    pool = ThreadPoolExecutor(4)
+    rec = Overlap()
+    b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=0, max_concurrent_batches=concurrent)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(8)]
+    await asyncio.sleep(0.2)
+    assert rec.running == concurrent  # the rest wait in the queue for a free slot
+    assert b.queued_rows == 8 - 2 * concurrent
+    rec.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    assert [r.tolist() for r in results] == [[[i * 10]] for i in range(8)]
+    assert rec.peak == concurrent
+    await b.close()
+    pool.shutdown()
+
+
+async def test_close_waits_for_batches_still_running(executor) -> None:
+    rec = Overlap()
+    b = Batcher(rec, executor=executor, max_batch_size=1, max_batch_delay_s=0, max_concurrent_batches=2)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(2)]
+    await asyncio.sleep(0.1)
+    closing = asyncio.ensure_future(b.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # both batches are still held
+    rec.gate.set()
+    await asyncio.wait_for(closing, 5)
+    assert [r.tolist() for r in await asyncio.gather(*pending)] == [[[0]], [[10]]]
+
+
+async def test_a_partial_batch_waits_for_the_running_one_and_grows(executor) -> None:
+    rec = Overlap()
+    b = Batcher(rec, executor=executor, max_batch_size=4, max_batch_delay_s=0, max_concurrent_batches=2)
+    b.start()
+    first = asyncio.ensure_future(b.submit(rows(0)))
+    await asyncio.sleep(0.1)
+    assert rec.running == 1
+    later = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
+    await asyncio.sleep(0.1)
+    assert rec.running == 1  # two rows would not fill a batch: they wait rather than run beside it
+    assert b.queued_rows == 2
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert rec.peak == 1
+    assert rec.sizes == [1, 2]  # then they went together
+    await b.close()
