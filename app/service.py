@@ -22,6 +22,7 @@ from registry import ModelContract
 
 IMAGE_FIELDS = ("images", "image")
 DECODE_CHUNKS = 2
+SMALL_LABEL_SET = 64  # up to this many labels, `rank` sorts in plain Python
 
 
 async def read_uploads(request: Request, limits: LimitSettings, fields: tuple[str, ...] = IMAGE_FIELDS) -> list[bytes]:
@@ -125,13 +126,20 @@ async def classify(
 
 
 def rank(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    """Per image: the best label and score, and the top k; plain dicts shaped like `Prediction`."""
-    k = min(k, len(labels))
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    scores = np.take_along_axis(probabilities, order, axis=1).tolist()
+    """Per image: the best label and score, and the top k; plain dicts shaped like `Prediction`.
+
+    Ties keep the lower label index first. For a few labels, a Python sort per row is several
+    times cheaper than NumPy's per-call overhead (argsort, take_along_axis); past that, NumPy.
+    """
+    rows = probabilities.tolist()
+    if len(labels) <= SMALL_LABEL_SET:
+        columns = range(len(labels))
+        orders = [sorted(columns, key=row.__getitem__, reverse=True)[:k] for row in rows]
+    else:
+        orders = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
     results = []
-    for indices, row_scores in zip(order.tolist(), scores, strict=True):
-        top = [{"label": labels[i], "score": s} for i, s in zip(indices, row_scores, strict=True)]
+    for row, order in zip(rows, orders, strict=True):
+        top = [{"label": labels[i], "score": row[i]} for i in order]
         results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
     return results
 
