@@ -1,15 +1,18 @@
 # The server on an NVIDIA GPU.
 #
-# onnxruntime-gpu 1.22.0 is built against CUDA 12.x and cuDNN 9.x: ONNX Runtime's
-# "CUDA Execution Provider → Requirements" table lists CUDA 12.x / cuDNN 9.x for the
-# PyPI packages from 1.19 on (CUDA minor-version compatible within 12.x; cuDNN 8 and 9
-# are not interchangeable). The base image below provides exactly that pair.
+# onnxruntime-gpu 1.31.1 from PyPI is built for CUDA 13.0 and cuDNN 9 (its
+# capi/build_and_package_info.py says cuda_version '13.0'; the CUDA major version must
+# match, cuDNN 8 and 9 are not interchangeable). The base image below provides that
+# pair. This exact ONNX Runtime build ran the benchmark on an H100 (driver 580) with
+# CUDA 13 / cuDNN 9 libraries: see the README's GPU section. CUDA 13 needs an NVIDIA
+# driver >= 580; on an older driver build the CUDA 12 variant instead:
+#   --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 --build-arg ORT_GPU_VERSION=1.22.0
 # SERVE_REQUIRE_GPU is on: a host without a usable GPU fails at start instead of
 # serving on CPU unnoticed.
 # Build from the repository root:  docker build -f docker/api-gpu.Dockerfile -t imgserve-api-gpu .
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-ARG ORT_GPU_VERSION=1.22.0
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG ORT_GPU_VERSION=1.31.1
 
 FROM ${CUDA_IMAGE} AS build
 ARG ORT_GPU_VERSION

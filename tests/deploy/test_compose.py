@@ -163,10 +163,10 @@ def test_api_images_have_healthchecks_and_the_gpu_image_requires_a_gpu() -> None
         assert "HEALTHCHECK" in _final_stage(dockerfile)
     gpu = (DOCKER / "api-gpu.Dockerfile").read_text()
     assert "SERVE_REQUIRE_GPU=true" in _final_stage("api-gpu.Dockerfile")
-    version = re.search(r"ORT_GPU_VERSION=(\S+)", gpu).group(1)
-    base = re.search(r"CUDA_IMAGE=(\S+)", gpu).group(1)
-    assert version == "1.22.0"
-    assert re.match(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-", base), "onnxruntime-gpu 1.22 needs CUDA 12 + cuDNN 9"
+    version = re.search(r"^ARG ORT_GPU_VERSION=(\S+)", gpu, re.MULTILINE).group(1)
+    base = re.search(r"^ARG CUDA_IMAGE=(\S+)", gpu, re.MULTILINE).group(1)
+    assert version == "1.31.1"  # the build that ran on the H100
+    assert re.match(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-", base), "onnxruntime-gpu 1.31 needs CUDA 13 + cuDNN 9"
 
 
 def _pip_extras(dockerfile: str) -> set[str]:
