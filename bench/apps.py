@@ -31,7 +31,8 @@ async def ping() -> dict[str, bool]:
 @asynccontextmanager
 async def _load_model(app: FastAPI) -> AsyncIterator[None]:
     app.state.meta = json.loads(Path(os.environ["BENCH_META"]).read_text())  # noqa: ASYNC240 - start-up only
-    app.state.session = ort.InferenceSession(os.environ["BENCH_MODEL"], providers=["CPUExecutionProvider"])
+    providers = os.environ.get("BENCH_PROVIDERS", "CPUExecutionProvider").split(",")
+    app.state.session = ort.InferenceSession(os.environ["BENCH_MODEL"], providers=providers)
     yield
 
 

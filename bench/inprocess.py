@@ -11,15 +11,16 @@ import onnxruntime as ort
 
 from app.backend import OrtBackend
 from app.batcher import Batcher
+from app.settings import BatchingSettings
 from registry import ModelContract
 
 
-def make_session(model: bytes, *, spinning: bool = True) -> ort.InferenceSession:
+def make_session(model: bytes, providers: list[str], *, spinning: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spinning:  # as the server configures its sessions
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
 def ort_throughput(
@@ -36,9 +37,11 @@ def ort_throughput(
     return done / elapsed
 
 
-def ort_ceiling(model: bytes, input_name: str, images: np.ndarray, batches: list[int], seconds: float) -> dict:
+def ort_ceiling(
+    model: bytes, input_name: str, images: np.ndarray, batches: list[int], seconds: float, providers: list[str]
+) -> dict:
     """The best of ORT's default options and the server's (no spin-waiting), per batch size."""
-    default, server = make_session(model), make_session(model, spinning=False)
+    default, server = make_session(model, providers), make_session(model, providers, spinning=False)
     by_config = {
         "default": {b: ort_throughput(default, input_name, images, b, seconds) for b in batches},
         "server_options": {b: ort_throughput(server, input_name, images, b, seconds) for b in batches},
@@ -62,9 +65,10 @@ def batcher_throughput(
     total: int,
     max_batch_size: int,
     max_batch_delay_ms: float,
+    providers: list[str],
 ) -> dict:
     """`submitters` concurrent callers of one image each, through the server's Batcher and backend."""
-    backend = OrtBackend(model, contract, providers=["CPUExecutionProvider"])
+    backend = OrtBackend(model, contract, providers=providers, pad_to=max_batch_size)  # as the server does
     run = backend.run
 
     async def drive() -> tuple[float, list[int]]:
@@ -77,6 +81,7 @@ def batcher_throughput(
                 max_queue_rows=10 * submitters,
                 executor=pool,
                 on_batch=lambda s: sizes.append(s.rows),
+                max_concurrent_batches=BatchingSettings().max_concurrent_batches,  # the server's default
             )
             batcher.start()
             remaining = 0

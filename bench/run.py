@@ -2,6 +2,7 @@
 
     python -m bench              # the full run (a few minutes), results in bench/results/
     python -m bench --smoke      # seconds: tiny request counts, checks the harness works
+    python -m bench --provider cuda --only S1,S3,S4   # on a GPU (needs onnxruntime-gpu)
 
 It starts what it measures itself (the server, the baseline apps), drives load from a
 separate process on loopback (`hey`, else a Python client), and writes
@@ -31,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from app.backend import load_cuda_libraries
 from bench import inprocess, report
 from bench.loadgen import LoadResult, run_load
 from registry import ModelContract
@@ -288,6 +290,18 @@ def measure(
     return entry
 
 
+def providers_for(name: str) -> list[str]:
+    if name == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise SystemExit(
+            f"--provider cuda: ONNX Runtime {ort.__version__} offers only {', '.join(ort.get_available_providers())}"
+            " (install onnxruntime-gpu and the CUDA libraries it needs)"
+        )
+    load_cuda_libraries()  # as the server does
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def machine() -> dict[str, Any]:
     cpu_model = platform.processor() or "unknown"
     try:
@@ -304,8 +318,19 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "available_providers": ort.get_available_providers(),
+        "gpu": _gpu_name(),
         "load_tool": "hey" if shutil.which("hey") else "python-httpx",
     }
+
+
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -313,6 +338,12 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = SMOKE if args.smoke else FULL
+    providers = providers_for(args.provider)
+    only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else []
+
+    def wanted(scenario: str) -> bool:
+        return not only or any(scenario.startswith(prefix + " ") for prefix in only)
+
     stamp = datetime.now(UTC)
     work = Path(args.work or ROOT / "var" / "bench" / stamp.strftime("%Y%m%dT%H%M%S"))
     work.mkdir(parents=True, exist_ok=True)
@@ -321,11 +352,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     contract = meta["contract"]
     size = contract["preprocessing"]["size"][0]
     env = prepare_registry(work, model, meta_path)
+    env["SERVE_PROVIDERS"] = args.provider
+    env["SERVE_REQUIRE_GPU"] = "true" if args.provider == "cuda" else "false"
     pngs = digit_pngs(64, size)
     images = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in pngs])
     results: dict[str, Any] = {
         "date": stamp.isoformat(),
         "mode": "smoke" if args.smoke else "full",
+        "provider_requested": args.provider,
+        "only": only,
         "machine": machine(),
         "model": {"input": contract["input"], "labels": len(contract["labels"]), "size": size},
         "baselines": {},
@@ -335,8 +370,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     r = profile.requests
 
     print("ONNX Runtime in-process ...", flush=True)
+    batches = [1, 8, 16, 32, 64, 128] + ([256] if args.provider == "cuda" else [])
     ceiling = inprocess.ort_ceiling(
-        model_bytes, contract["input"]["name"], images, [1, 8, 16, 32, 64, 128], profile.ort_seconds
+        model_bytes, contract["input"]["name"], images, batches, profile.ort_seconds, providers
     )
     results["baselines"]["ort_ceiling"] = ceiling
     print(f"  ORT ceiling {ceiling['images_per_s']:.0f} img/s at batch {ceiling['best_batch']}", flush=True)
@@ -348,6 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         total=profile.batcher_images,
         max_batch_size=32,
         max_batch_delay_ms=2,
+        providers=providers,
     )
     # Same session options as the batcher's backend (the server's), same batch size.
     batcher["ort_same_batch_images_per_s"] = ceiling["by_config"]["server_options"][32]
@@ -358,6 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     png, jpeg = pngs[7], photo()
+    path = "/v1/models/digits/predict"
     one_multipart, one_mp_type = multipart([pngs[7]])
     sixteen, sixteen_type = multipart(pngs[:16])
     x8 = np.ascontiguousarray(images[:8])
@@ -391,133 +429,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             work=work,
         )
 
-    print("naive baseline (decode + ORT per request on the event loop) ...", flush=True)
-    naive_env = {**env, "BENCH_MODEL": str(model), "BENCH_META": str(meta_path)}
-    with start(uvicorn_app("bench.apps:naive_app"), naive_env, "/openapi.json", work / "naive.log") as proc:
-        for c in profile.s1_concurrency:
-            results["scenarios"].append(
-                measure(
-                    "S1 png raw",
-                    "naive",
-                    proc,
-                    "/predict",
-                    png,
-                    "image/png",
-                    concurrency=c,
-                    requests=r[f"c{c}"],
-                    images=1,
-                    work=work,
+    one_png = (png, "image/png", 1, {})
+    s1_server = [("S1 png raw", one_png), ("S1 png multipart", (one_multipart, one_mp_type, 1, {}))]
+    server_scenarios: list[tuple[str, str, int, int, tuple[bytes, str, int, dict[str, str]]]] = [
+        *((name, path, c, r[f"c{c}"], payload) for name, payload in s1_server for c in profile.s1_concurrency),
+        ("S2 photo jpeg", path, 32, r["s2"], (jpeg, "image/jpeg", 1, {})),
+        ("S3 16 png multipart", path, 8, r["s3"], (sixteen, sixteen_type, 16, {})),
+        (
+            "S4 v2 binary uint8 x8",
+            "/v2/models/digits/infer",
+            8,
+            r["s4"],
+            (
+                v2_header + x8.tobytes(),
+                "application/octet-stream",
+                8,
+                {"Inference-Header-Content-Length": str(len(v2_header))},
+            ),
+        ),
+        ("S5 overload png raw", path, profile.overload_concurrency, r["s5"], one_png),
+    ]
+    naive_scenarios = [
+        *(("S1 png raw", "/predict", c, r[f"c{c}"], one_png) for c in profile.s1_concurrency),
+        ("S2 photo jpeg", "/predict", 32, r["s2"], (jpeg, "image/jpeg", 1, {})),
+    ]
+
+    def run_scenarios(target: str, proc: Proc, scenarios: list, *, with_metrics: bool) -> None:
+        for name, route, c, n, (body, content_type, per_request, headers) in scenarios:
+            if wanted(name):
+                results["scenarios"].append(
+                    measure(
+                        name,
+                        target,
+                        proc,
+                        route,
+                        body,
+                        content_type,
+                        headers=headers,
+                        concurrency=c,
+                        requests=n,
+                        images=per_request,
+                        work=work,
+                        with_metrics=with_metrics,
+                    )
                 )
-            )
-        results["scenarios"].append(
-            measure(
-                "S2 photo jpeg",
-                "naive",
-                proc,
-                "/predict",
-                jpeg,
-                "image/jpeg",
-                concurrency=32,
-                requests=r["s2"],
-                images=1,
-                work=work,
-            )
-        )
+
+    if any(wanted(name) for name, *_ in naive_scenarios):
+        print("naive baseline (decode + ORT per request on the event loop) ...", flush=True)
+        naive_env = {
+            **env,
+            "BENCH_MODEL": str(model),
+            "BENCH_META": str(meta_path),
+            "BENCH_PROVIDERS": ",".join(providers),
+        }
+        with start(uvicorn_app("bench.apps:naive_app"), naive_env, "/openapi.json", work / "naive.log") as proc:
+            run_scenarios("naive", proc, naive_scenarios, with_metrics=False)
 
     print("the server, default settings ...", flush=True)
     with start([sys.executable, "-m", "app", "--log-level", "warning"], env, "/readyz", work / "server.log") as proc:
         results["server"] = {"start_to_ready_s": proc.ready_after_s}
-        provider = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
-        results["machine"]["provider"] = provider
-        path = "/v1/models/digits/predict"
-        m = {"with_metrics": True, "work": work}
-        for c in profile.s1_concurrency:
-            results["scenarios"].append(
-                measure(
-                    "S1 png raw",
-                    "server",
-                    proc,
-                    path,
-                    png,
-                    "image/png",
-                    concurrency=c,
-                    requests=r[f"c{c}"],
-                    images=1,
-                    **m,
-                )
-            )
-        for c in profile.s1_concurrency:
-            results["scenarios"].append(
-                measure(
-                    "S1 png multipart",
-                    "server",
-                    proc,
-                    path,
-                    one_multipart,
-                    one_mp_type,
-                    concurrency=c,
-                    requests=r[f"c{c}"],
-                    images=1,
-                    **m,
-                )
-            )
-        results["scenarios"].append(
-            measure(
-                "S2 photo jpeg",
-                "server",
-                proc,
-                path,
-                jpeg,
-                "image/jpeg",
-                concurrency=32,
-                requests=r["s2"],
-                images=1,
-                **m,
-            )
-        )
-        results["scenarios"].append(
-            measure(
-                "S3 16 png multipart",
-                "server",
-                proc,
-                path,
-                sixteen,
-                sixteen_type,
-                concurrency=8,
-                requests=r["s3"],
-                images=16,
-                **m,
-            )
-        )
-        results["scenarios"].append(
-            measure(
-                "S4 v2 binary uint8 x8",
-                "server",
-                proc,
-                "/v2/models/digits/infer",
-                v2_header + x8.tobytes(),
-                "application/octet-stream",
-                headers={"Inference-Header-Content-Length": str(len(v2_header))},
-                concurrency=8,
-                requests=r["s4"],
-                images=8,
-                **m,
-            )
-        )
-        results["scenarios"].append(
-            measure(
-                "S5 overload png raw",
-                "server",
-                proc,
-                path,
-                png,
-                "image/png",
-                concurrency=profile.overload_concurrency,
-                requests=r["s5"],
-                images=1,
-                **m,
-            )
-        )
+        results["machine"]["provider"] = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
+        run_scenarios("server", proc, server_scenarios, with_metrics=True)
         results["server"]["rss_mb_after_run"] = proc.rss_mb()
     results["targets"] = report.targets(results)
     return results
@@ -530,6 +502,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="ONNX file to use (default: train a digits model once, cached)")
     parser.add_argument("--meta", help="its meta.json (with --model)")
     parser.add_argument("--work", help="scratch directory (default: var/bench/<time>)")
+    parser.add_argument(
+        "--provider",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="ONNX Runtime provider for ORT, the baselines and the server (cuda: needs onnxruntime-gpu)",
+    )
+    parser.add_argument("--only", help="comma-separated scenarios to run, e.g. S1,S3,S4 (default: all)")
     args = parser.parse_args(argv)
     results = run(args)
     paths = report.write(results, args.out)
