@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
     access_log: bool = False
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans and metrics, for when OTel providers are configured; "
+        "off, each request skips FastAPI's per-request check for providers",
+    )
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
