@@ -12,7 +12,6 @@ own exception handlers, so a client sees the same answer either way.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,8 +19,6 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-log = logging.getLogger("app")
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 

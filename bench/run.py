@@ -32,13 +32,14 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from app.backend import load_cuda_libraries
+from app.backend import GpuUnavailableError, choose_providers
 from bench import inprocess, report
 from bench.loadgen import LoadResult, run_load
 from registry import ModelContract
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "china.jpg"  # scikit-learn's bundled 640x427 JPEG
+SCENARIOS = {"S1", "S2", "S3", "S4", "S5"}
 
 
 @dataclass
@@ -291,15 +292,11 @@ def measure(
 
 
 def providers_for(name: str) -> list[str]:
-    if name == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise SystemExit(
-            f"--provider cuda: ONNX Runtime {ort.__version__} offers only {', '.join(ort.get_available_providers())}"
-            " (install onnxruntime-gpu and the CUDA libraries it needs)"
-        )
-    load_cuda_libraries()  # as the server does
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    """The server's own choice for ``SERVE_PROVIDERS=name``; cuda must really be there."""
+    try:
+        return choose_providers(name, require_gpu=name == "cuda")
+    except GpuUnavailableError as exc:
+        raise SystemExit(f"--provider cuda: {exc}") from None
 
 
 def machine() -> dict[str, Any]:
@@ -340,6 +337,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = SMOKE if args.smoke else FULL
     providers = providers_for(args.provider)
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else []
+    if unknown := sorted(set(only) - SCENARIOS):
+        raise SystemExit(f"--only: unknown scenario {', '.join(unknown)} (choose from {', '.join(sorted(SCENARIOS))})")
 
     def wanted(scenario: str) -> bool:
         return not only or any(scenario.startswith(prefix + " ") for prefix in only)
