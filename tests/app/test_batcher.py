@@ -248,13 +248,13 @@ async def test_at_most_max_concurrent_batches_run_at_once(concurrent: int) -> No
     rec = Overlap()
     b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=0, max_concurrent_batches=concurrent)
     b.start()
-    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(8)]
+    pending = [asyncio.ensure_future(b.submit(rows(i, i))) for i in range(8)]  # each a full batch
     await asyncio.sleep(0.2)
     assert rec.running == concurrent  # the rest wait in the queue for a free slot
-    assert b.queued_rows == 8 - 2 * concurrent
+    assert b.queued_rows == 2 * (8 - concurrent)
     rec.gate.set()
     results = await asyncio.wait_for(asyncio.gather(*pending), 5)
-    assert [r.tolist() for r in results] == [[[i * 10]] for i in range(8)]
+    assert [r.tolist() for r in results] == [[[i * 10], [i * 10]] for i in range(8)]
     assert rec.peak == concurrent
     await b.close()
     pool.shutdown()
@@ -290,3 +290,54 @@ async def test_a_partial_batch_waits_for_the_running_one_and_grows(executor) -> 
     assert rec.peak == 1
     assert rec.sizes == [1, 2]  # then they went together
     await b.close()
+
+
+class RecordingPool(ThreadPoolExecutor):
+    """A real pool that also notes, on the event loop's thread, each batch handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.handed: list[int] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        self.handed.append(len(args[0]))  # the batch's parts, one per request
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_the_next_batch_starts_before_the_finished_batchs_callers_resume() -> None:
+    """While the event loop answers one batch's callers, the model already runs the next batch."""
+    pool = RecordingPool()
+    rec = Recorder()
+    rec.gate.clear()
+    b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=LONG)  # only full batches go
+    b.start()
+    seen_on_resume: list[list[int]] = []
+
+    async def caller(i: int) -> None:
+        await b.submit(rows(i))
+        seen_on_resume.append(list(pool.handed))
+
+    first = [asyncio.ensure_future(caller(i)) for i in (0, 1)]
+    await asyncio.sleep(0.05)  # the first batch is in the pool, held at the gate
+    second = [asyncio.ensure_future(caller(i)) for i in (2, 3)]
+    await asyncio.sleep(0.05)
+    assert pool.handed == [2]  # one batch at a time: the second waits for the model
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(*first, *second), 5)
+    assert seen_on_resume[0] == [2, 2]  # the second batch was handed over before the first caller ran on
+    assert rec.batches == [[0, 1], [2, 3]]
+    await b.close()
+    pool.shutdown()
+
+
+async def test_without_an_executor_the_batcher_runs_its_own() -> None:
+    b = Batcher(lambda x: x * 2, max_batch_size=4, max_batch_delay_s=0)
+    b.start()
+    assert (await asyncio.wait_for(b.submit(rows(21)), 5)).tolist() == [[42]]
+    await b.close()
+
+
+async def test_submit_before_start_is_a_clear_error() -> None:
+    b = Batcher(lambda x: x)
+    with pytest.raises(RuntimeError, match="start"):
+        await b.submit(rows(1))
