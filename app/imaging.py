@@ -45,9 +45,14 @@ def decode_image(
     JPEGs are decoded in draft mode at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that
     still covers the target size, which is most of the cost of a large photo.
     """
+    return to_array(open_image(data, max_pixels=max_pixels), size=size, resize_method=resize_method)
+
+
+def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read the header only: format and size, checked. Cheap (tens of µs) whatever the image's size;
+    `to_array` does the pixel work and closes the image."""
     if not data:
         raise ImageError("empty image: the upload has no bytes")
-    height, width = size
     # The pixel limit is checked below, right after the header is read. PIL raises on its own only
     # for images past twice its built-in limit, before we see their size.
     try:
@@ -58,7 +63,7 @@ def decode_image(
         raise ImageTooLargeError(f"image is too large to decode: {exc}") from None
     except OSError as exc:
         raise ImageError(f"unreadable image: {exc}") from None
-    with img:
+    try:
         if img.format not in SUPPORTED_FORMATS:
             raise ImageError(f"unsupported image format {img.format}")
         src_w, src_h = img.size
@@ -66,6 +71,16 @@ def decode_image(
             raise ImageTooLargeError(f"image is {src_w}x{src_h} = {src_w * src_h} pixels, the limit is {max_pixels}")
         if src_w == 0 or src_h == 0:
             raise ImageError("image has no pixels")
+    except ImageError:
+        img.close()
+        raise
+    return img
+
+
+def to_array(img: Image.Image, *, size: tuple[int, int], resize_method: str = "bilinear") -> np.ndarray:
+    """The pixel work for an image from `open_image`: uint8 RGB [height, width, 3]."""
+    height, width = size
+    with img:
         try:
             if img.format in ("JPEG", "MPO"):
                 side = max(height, width)  # EXIF rotation may swap the axes after decoding

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from concurrent.futures import Executor
 from typing import Any
@@ -14,7 +15,7 @@ from starlette.responses import Response
 
 from app.batcher import BatcherClosedError, InferenceError, QueueFullError
 from app.errors import ApiError, BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
-from app.imaging import decode_image
+from app.imaging import decode_image, open_image, to_array
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
 from app.settings import LimitSettings, Settings
@@ -59,23 +60,28 @@ def _check_count(count: int, limits: LimitSettings) -> None:
 
 
 async def decode_all(
-    blobs: list[bytes], contract: ModelContract, limits: LimitSettings, executor: Executor
+    blobs: list[bytes], contract: ModelContract, limits: LimitSettings, executor: Executor, *, inline_pixels: int = 0
 ) -> np.ndarray:
-    """Decode every image in the thread pool (PIL releases the GIL); [N, H, W, 3] uint8."""
+    """Decode every image, [N, H, W, 3] uint8: in the thread pool (PIL releases the GIL while it
+    decodes), except a lone image of at most ``inline_pixels``, decoded right here: for a small image
+    the hand-off to a thread and back costs the event loop more than the decoding."""
     loop = asyncio.get_running_loop()
-    size = tuple(contract.preprocessing.size)
+    size = (contract.preprocessing.size[0], contract.preprocessing.size[1])
     method = contract.preprocessing.resize_method
+
+    if len(blobs) == 1:  # the common case: no gather, and small images skip the thread hand-off
+        img = open_image(blobs[0], max_pixels=limits.max_image_pixels)  # the header only
+        if img.width * img.height <= inline_pixels:
+            return to_array(img, size=size, resize_method=method)[np.newaxis]
+        return (
+            await loop.run_in_executor(executor, functools.partial(to_array, img, size=size, resize_method=method))
+        )[np.newaxis]
 
     def decode(index: int, data: bytes) -> np.ndarray:
         try:
-            return decode_image(data, size=(size[0], size[1]), resize_method=method, max_pixels=limits.max_image_pixels)
-        except ValueError as exc:
-            if len(blobs) > 1:  # say which upload is broken
-                raise type(exc)(f"image {index}: {exc}") from None
-            raise
-
-    if len(blobs) == 1:  # the common case: skip gather's bookkeeping
-        return (await loop.run_in_executor(executor, decode, 0, blobs[0]))[np.newaxis]
+            return decode_image(data, size=size, resize_method=method, max_pixels=limits.max_image_pixels)
+        except ValueError as exc:  # say which upload is broken
+            raise type(exc)(f"image {index}: {exc}") from None
 
     def decode_chunk(start: int, stop: int) -> list[np.ndarray]:
         return [decode(i, blobs[i]) for i in range(start, stop)]
@@ -121,7 +127,9 @@ async def classify(
 ) -> tuple[LoadedVersion, np.ndarray]:
     """Decode ``blobs`` for the version that will serve them and run them through its batcher."""
     async with manager.lease(name, version=version, alias=alias) as loaded:
-        images = await decode_all(blobs, loaded.info.contract, settings.limits, executor)
+        images = await decode_all(
+            blobs, loaded.info.contract, settings.limits, executor, inline_pixels=settings.decode_inline_pixels
+        )
         return loaded, await run_batched(loaded, images, metrics)
 
 

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(False, description="fail start-up instead of falling back to CPU")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0: one per core")
     decode_threads: int = Field(default_factory=lambda: min(8, (os.cpu_count() or 2) * 2), ge=1)
+    decode_inline_pixels: int = Field(
+        4096,
+        ge=0,
+        description="a single image of at most this many pixels is decoded on the event loop: handing it to a "
+        "decoding thread costs the loop more than decoding it; 0: always in a thread",
+    )
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
     access_log: bool = False

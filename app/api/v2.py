@@ -231,7 +231,13 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
                 raise BadRequestError(f"input {tensor.name!r} has shape {tensor.shape}; BYTES input must be [N]")
             if tensor.shape[0] > limit:
                 raise PayloadTooLargeError(f"{tensor.shape[0]} images in one request, the limit is {limit}")
-            images = await decode_all(decode_bytes(tensor, raw), contract, settings.limits, executor)
+            images = await decode_all(
+                decode_bytes(tensor, raw),
+                contract,
+                settings.limits,
+                executor,
+                inline_pixels=settings.decode_inline_pixels,
+            )
         else:
             raise BadRequestError(
                 f"input {tensor.name!r} has datatype {tensor.datatype}; expected UINT8 (pixels) or BYTES (image files)"

@@ -310,7 +310,11 @@ async def test_not_ready_is_503(backend: Backend) -> None:
 
 
 async def test_v1_and_v2_requests_share_one_batch(served_backend: Backend) -> None:
-    settings = settings_for(served_backend, batching={"max_batch_size": 2, "max_batch_delay_ms": 1000})
+    # Both must be in flight when the first reaches the batcher (else nobody could join it, and it goes
+    # alone): decoding in a thread lets the v2 request arrive meanwhile.
+    settings = settings_for(
+        served_backend, batching={"max_batch_size": 2, "max_batch_delay_ms": 1000}, decode_inline_pixels=0
+    )
     async with running(create_app(settings)) as client:
         v1 = client.post("/v1/models/colors/predict", files={"images": ("r.png", solid("red"), "image/png")})
         v2 = client.post(

@@ -1,0 +1,74 @@
+"""Where the server decodes: a lone small image on the event loop, everything else in threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.imaging import ImageError, ImageTooLargeError, decode_image
+from app.service import decode_all
+from app.settings import LimitSettings
+from registry import ModelContract
+from tests.images import noise_png, photo, solid
+from tests.onnx_models import color_metadata
+
+CONTRACT = ModelContract.model_validate(color_metadata()["contract"])
+SIZE = tuple(CONTRACT.preprocessing.size)
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def pool():
+    with CountingPool() as p:
+        yield p
+
+
+@pytest.mark.parametrize(
+    ("data", "in_thread"),
+    [
+        (noise_png((64, 64)), False),  # 4,096 pixels: at the default threshold
+        (noise_png((65, 64)), True),
+        (photo(), True),
+    ],
+)
+async def test_a_lone_image_is_decoded_inline_only_when_small(pool: CountingPool, data: bytes, in_thread: bool) -> None:
+    out = await decode_all([data], CONTRACT, LimitSettings(), pool, inline_pixels=4096)
+    assert pool.jobs == (1 if in_thread else 0)
+    # The same pixels either way, and the same as training's decoder.
+    assert np.array_equal(out[0], decode_image(data, size=SIZE))
+
+
+async def test_several_images_always_go_to_threads(pool: CountingPool) -> None:
+    out = await decode_all([solid("red"), solid("blue")], CONTRACT, LimitSettings(), pool, inline_pixels=10**9)
+    assert out.shape == (2, *SIZE, 3)
+    assert pool.jobs >= 1
+
+
+async def test_zero_means_always_in_a_thread(pool: CountingPool) -> None:
+    await decode_all([solid("red")], CONTRACT, LimitSettings(), pool, inline_pixels=0)
+    assert pool.jobs == 1
+
+
+async def test_broken_and_oversized_images_fail_the_same_way_inline(pool: CountingPool) -> None:
+    with pytest.raises(ImageError, match="not a recognised image"):
+        await decode_all([b"not an image"], CONTRACT, LimitSettings(), pool, inline_pixels=4096)
+    truncated = noise_png((32, 32))[:-200]
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        await decode_all([truncated], CONTRACT, LimitSettings(), pool, inline_pixels=4096)
+    # The pixel limit is checked from the header, before any decoding, wherever it would run.
+    with pytest.raises(ImageTooLargeError, match="limit is 1000"):
+        await decode_all(
+            [solid("red", (40, 40))], CONTRACT, LimitSettings(max_image_pixels=1000), pool, inline_pixels=4096
+        )
+    assert pool.jobs == 0
