@@ -75,6 +75,9 @@ class AdmissionMiddleware:
         self.max_inflight = max_inflight
         self.counter = counter
         self._on_shed = on_shed
+        # Refusals come by the thousand per second under a flood: their answers are made once.
+        message = f"server overloaded: {max_inflight} requests in flight, retry shortly"
+        self._refusals = {prefix: _payload(prefix, message) for prefix in ("/v1", "/v2")}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(INFERENCE_SUFFIXES):
@@ -83,13 +86,8 @@ class AdmissionMiddleware:
         if self.counter.value >= self.max_inflight:
             if self._on_shed is not None:
                 self._on_shed()
-            await _reject(
-                scope,
-                send,
-                f"server overloaded: {self.counter.value} requests in flight, retry shortly",
-                status=503,
-                extra_headers=[(b"retry-after", b"1")],
-            )
+            payload = self._refusals["/v2" if scope["path"].startswith("/v2") else "/v1"]
+            await _send(send, payload, status=503, extra_headers=[(b"retry-after", b"1")])
             return
         self.counter.value += 1
         try:
@@ -98,10 +96,17 @@ class AdmissionMiddleware:
             self.counter.value -= 1
 
 
-async def _reject(
-    scope: Scope, send: Send, message: str, *, status: int = 413, extra_headers: list[tuple[bytes, bytes]] | None = None
+def _payload(path: str, message: str) -> bytes:
+    return json.dumps(error_body(path, message)).encode()
+
+
+async def _reject(scope: Scope, send: Send, message: str) -> None:
+    await _send(send, _payload(scope.get("path", ""), message), status=413)
+
+
+async def _send(
+    send: Send, payload: bytes, *, status: int, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    payload = json.dumps(error_body(scope.get("path", ""), message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": payload})

@@ -104,6 +104,10 @@ class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Label children by their label values: `labels()` costs several µs a call (argument checks,
+        # a lock), paid twice per request; this set is no bigger than the one the metrics hold.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,5 +127,12 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+            key = (scope["method"], template, status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.metrics.requests.labels(key[0], template, str(status))
+            timer = self._timers.get(template)
+            if timer is None:
+                timer = self._timers[template] = self.metrics.latency.labels(template)
+            counter.inc()
+            timer.observe(time.perf_counter() - started)
