@@ -220,18 +220,15 @@ class Batcher:
         done: asyncio.Future[None] = loop.create_future()
         self._running.add(done)
         started = time.perf_counter()
+        inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
         try:
-            work = self._executor.submit(self._run, [item.rows for item in batch])
+            work = self._executor.submit(self._run_batch, inputs)
         except RuntimeError as exc:  # the executor is shut down
             failed: Future[np.ndarray] = Future()
             failed.set_exception(exc)
             loop.call_soon(self._finish, batch, started, done, failed)
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
-
-    def _run(self, parts: list[np.ndarray]) -> np.ndarray:
-        """In the executor's thread: assemble the batch there too, off the event loop."""
-        return self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def _finish(
         self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[np.ndarray]
