@@ -187,15 +187,12 @@ class Batcher:
             return 0.0
         return self._queue[0].enqueued + self.max_batch_delay_s - time.perf_counter()
 
-    def _dispatch(self) -> bool:
-        """Start every batch that is due and may start now; whether any did."""
-        started = False
+    def _dispatch(self) -> None:
+        """Start every batch that is due and may start now."""
         while self._queue and self._may_start() and self._due_in() <= 0:
             batch = self._take_batch()
             if batch:
                 self._start(batch)
-                started = True
-        return started
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
