@@ -106,7 +106,9 @@ def markdown(results: dict[str, Any]) -> str:
         f" (batch 1: {b['ort_ceiling']['images_per_s_by_batch'][1]:.0f}, batch 32: "
         f"{b['ort_ceiling']['images_per_s_by_batch'][32]:.0f})",
         f"- In-process batcher, 64 submitters of one image: **{b['batcher_in_process']['images_per_s']:.0f} "
-        f"images/s**, mean batch {b['batcher_in_process']['mean_batch_size']:.1f}",
+        f"images/s**, mean batch {b['batcher_in_process']['mean_batch_size']:.1f}, against "
+        f"{b['batcher_in_process']['ort_same_batch_images_per_s']:.0f} images/s for the same session alone at "
+        "that batch size, measured just before it",
         f"- HTTP ceiling (trivial endpoint, c=32): **{b['http_ceiling']['throughput_rps']:.0f} requests/s**",
         f"- Server start to ready: {results['server']['start_to_ready_s']:.2f} s; RSS after the run: "
         f"{results['server']['rss_mb_after_run']:.0f} MB",

@@ -384,9 +384,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_batch_size=32,
         max_batch_delay_ms=2,
         providers=providers,
+        reference_seconds=profile.ort_seconds,
     )
-    # Same session options as the batcher's backend (the server's), same batch size.
-    batcher["ort_same_batch_images_per_s"] = ceiling["by_config"]["server_options"][32]
     results["baselines"]["batcher_in_process"] = batcher
     print(
         f"  batcher, 64 submitters: {batcher['images_per_s']:.0f} img/s, mean batch {batcher['mean_batch_size']:.1f}",

@@ -56,6 +56,8 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
     assert baselines["ort_ceiling"]["images_per_s"] > 0
     assert baselines["batcher_in_process"]["images_per_s"] > 0
     assert baselines["batcher_in_process"]["mean_batch_size"] >= 1
+    assert baselines["batcher_in_process"]["ort_same_batch_images_per_s"] > 0
+    assert len(baselines["batcher_in_process"]["trials_ort_same_batch_images_per_s"]) == 3
     assert baselines["http_ceiling"]["throughput_rps"] > 0
     assert results["server"]["start_to_ready_s"] > 0
     assert results["server"]["rss_mb_after_run"] > 10
