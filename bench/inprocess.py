@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,18 +25,20 @@ def make_session(model: bytes, providers: list[str], *, spinning: bool = True) -
     return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
-def ort_throughput(
-    session: ort.InferenceSession, input_name: str, images: np.ndarray, batch: int, seconds: float
-) -> float:
-    """Images per second running batches of ``batch`` back to back for about ``seconds``."""
+def ort_throughput(run: Callable[[np.ndarray], object], images: np.ndarray, batch: int, seconds: float) -> float:
+    """Images per second calling ``run`` on batches of ``batch`` back to back for about ``seconds``."""
     x = np.ascontiguousarray(images[np.arange(batch) % len(images)])
-    session.run(None, {input_name: x})  # warm
+    run(x)  # warm
     done = 0
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds or done == 0:
-        session.run(None, {input_name: x})
+        run(x)
         done += batch
     return done / elapsed
+
+
+def _run_session(session: ort.InferenceSession, input_name: str, x: np.ndarray) -> object:
+    return session.run(None, {input_name: x})
 
 
 def ort_ceiling(
@@ -59,8 +63,9 @@ def ort_ceiling(
     slices: dict[str, dict[int, list[float]]] = {config: {b: [] for b in batches} for config in sessions}
     for _ in range(rounds):
         for config, session in sessions.items():
+            run = functools.partial(_run_session, session, input_name)
             for b in batches:
-                slices[config][b].append(ort_throughput(session, input_name, images, b, seconds / rounds))
+                slices[config][b].append(ort_throughput(run, images, b, seconds / rounds))
     by_config = {config: {b: float(np.median(v)) for b, v in per_batch.items()} for config, per_batch in slices.items()}
     by_batch = {b: max(by_config["default"][b], by_config["server_options"][b]) for b in batches}
     best = max(by_batch, key=lambda b: by_batch[b])
@@ -94,16 +99,6 @@ def batcher_throughput(
     ratio."""
     backend = OrtBackend(model, contract, providers=providers, pad_to=max_batch_size)  # as the server does
     run = backend.run
-    full = np.ascontiguousarray(images[np.arange(max_batch_size) % len(images)])
-
-    def reference() -> float:
-        run(full)  # warm
-        done = 0
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < reference_seconds or done == 0:
-            run(full)
-            done += max_batch_size
-        return done / elapsed
 
     async def drive() -> tuple[float, list[int]]:
         sizes: list[int] = []
@@ -141,7 +136,7 @@ def batcher_throughput(
     references: list[float] = []
     trials: list[tuple[float, list[int]]] = []
     for _ in range(3):
-        references.append(reference())
+        references.append(ort_throughput(run, images, max_batch_size, reference_seconds))
         trials.append(asyncio.run(drive()))
     rates = [total / elapsed for elapsed, _ in trials]
     ratios = [rate / ref for rate, ref in zip(rates, references, strict=True)]
