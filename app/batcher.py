@@ -50,6 +50,13 @@ class BatchStats:
 
 
 @dataclass
+class _Run:
+    outputs: np.ndarray
+    began: float
+    ended: float
+
+
+@dataclass
 class _Pending:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
@@ -73,9 +80,11 @@ class Batcher:
         """``can_grow(queued_requests)`` says whether another request may still join the batch;
         when it says no, the batch goes at once instead of waiting out the delay for nobody.
 
-        ``max_concurrent_batches``: batches handed to the executor at once. Above 1, a full batch
-        starts while the previous one still runs, which hides this loop's per-batch work behind
-        the model's when requests pile up; a partial batch still waits for a free model.
+        ``max_concurrent_batches``: batches handed to the executor at once. Above 1, a full batch is
+        handed over while the previous one still runs, so this loop's per-batch work hides behind the
+        model's when requests pile up: with one executor thread it starts the moment the previous one
+        ends, with no turn of the event loop in between; with more threads, beside it. A partial
+        batch still waits for a free model.
 
         ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close."""
         if max_batch_size < 1:
@@ -219,17 +228,21 @@ class Batcher:
         started = time.perf_counter()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
         try:
-            work = self._executor.submit(self._run_batch, inputs)
+            work = self._executor.submit(self._timed_run, inputs)
         except RuntimeError as exc:  # the executor is shut down
-            failed: Future[np.ndarray] = Future()
+            failed: Future[_Run] = Future()
             failed.set_exception(exc)
             loop.call_soon(self._finish, batch, started, done, failed)
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
 
-    def _finish(
-        self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[np.ndarray]
-    ) -> None:
+    def _timed_run(self, inputs: np.ndarray) -> _Run:
+        """In the executor's thread: the batch, and when it really ran (it may have waited for the thread)."""
+        began = time.perf_counter()
+        outputs = self._run_batch(inputs)
+        return _Run(outputs, began, time.perf_counter())
+
+    def _finish(self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[_Run]) -> None:
         self._running.discard(done)
         # The next batch starts (or its timer is set) before this batch's callers get their answers:
         # each answer schedules its caller's continuation (ranking, the JSON response), and anything
@@ -238,8 +251,11 @@ class Batcher:
         self._schedule()
         total = sum(len(item.rows) for item in batch)
         failed = False
+        began: float = started  # a batch that failed has no timing of its own
+        ended: float | None = None
         try:
-            outputs = work.result()
+            run = work.result()
+            outputs, began, ended = run.outputs, run.began, run.ended
             if len(outputs) != total:
                 raise InferenceError(f"model returned {len(outputs)} rows for a batch of {total}")
         except Exception as exc:
@@ -263,8 +279,8 @@ class Batcher:
                     BatchStats(
                         rows=total,
                         requests=len(batch),
-                        queue_waits=[started - item.enqueued for item in batch],
-                        inference_seconds=time.perf_counter() - started,
+                        queue_waits=[began - item.enqueued for item in batch],
+                        inference_seconds=(ended if ended is not None else time.perf_counter()) - began,
                         failed=failed,
                     )
                 )

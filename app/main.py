@@ -80,9 +80,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         factory = backend_factory or ort_backend_factory(settings)
         registry = Registry.from_settings(settings.registry)
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        inference_executor = ThreadPoolExecutor(
-            max(4, settings.batching.max_concurrent_batches), thread_name_prefix="inference"
-        )
+        inference_executor = ThreadPoolExecutor(settings.batching.inference_threads, thread_name_prefix="inference")
         loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
         manager = ModelManager(
             settings=settings,

@@ -29,7 +29,7 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "batch_queue_wait_seconds",
-            "Time a request waits in the batch queue",
+            "Time a request waits before its batch runs: in the batch queue, then for an inference thread",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,

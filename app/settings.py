@@ -21,7 +21,18 @@ class BatchingSettings(BaseModel):
     max_batch_delay_ms: float = Field(2.0, ge=0, le=1000, description="wait after the first row for more")
     max_queue_rows: int = Field(256, ge=1, description="rows waiting per version before 503")
     max_concurrent_batches: int = Field(
-        2, ge=1, le=8, description="batches of one version running at once; 2 overlaps batching work with inference"
+        2,
+        ge=1,
+        le=8,
+        description="batches of one version handed to the inference threads at once; with 2, the next full batch "
+        "is ready when the running one ends",
+    )
+    inference_threads: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="threads that run batches, shared by every loaded version; ONNX Runtime spreads one batch over "
+        "all cores, so 1 runs them back to back instead of side by side",
     )
     pad: Literal["auto", "always", "never"] = Field(
         "auto",

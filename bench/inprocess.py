@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from app.backend import OrtBackend
 from app.batcher import Batcher
-from app.settings import BatchingSettings
+from app.settings import Settings
 from registry import ModelContract
 
 
@@ -98,11 +98,12 @@ def batcher_throughput(
     drifts by a fifth within a minute, which a reference taken once, minutes apart, folds into the
     ratio."""
     backend = OrtBackend(model, contract, providers=providers, pad_to=max_batch_size)  # as the server does
+    batching = Settings().batching  # the server's settings, SERVE_BATCHING__* included
     run = backend.run
 
     async def drive() -> tuple[float, list[int]]:
         sizes: list[int] = []
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(batching.inference_threads) as pool:
             batcher = Batcher(
                 run,
                 max_batch_size=max_batch_size,
@@ -110,7 +111,7 @@ def batcher_throughput(
                 max_queue_rows=10 * submitters,
                 executor=pool,
                 on_batch=lambda s: sizes.append(s.rows),
-                max_concurrent_batches=BatchingSettings().max_concurrent_batches,  # the server's default
+                max_concurrent_batches=batching.max_concurrent_batches,
             )
             batcher.start()
             remaining = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -295,8 +296,8 @@ async def test_a_partial_batch_waits_for_the_running_one_and_grows(executor) -> 
 class RecordingPool(ThreadPoolExecutor):
     """A real pool that also notes, on the event loop's thread, each batch handed to it."""
 
-    def __init__(self) -> None:
-        super().__init__(2)
+    def __init__(self, threads: int = 2) -> None:
+        super().__init__(threads)
         self.handed: list[int] = []
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
@@ -328,6 +329,48 @@ async def test_the_next_batch_starts_before_the_finished_batchs_callers_resume()
     assert rec.batches == [[0, 1], [2, 3]]
     await b.close()
     pool.shutdown()
+
+
+async def test_with_one_thread_the_next_full_batch_runs_without_a_turn_of_the_event_loop() -> None:
+    """One inference thread and two batches handed over: the second waits in the thread's queue and
+    starts the moment the first ends, even while the event loop is busy elsewhere."""
+    pool = RecordingPool(threads=1)
+    rec = Recorder()
+    rec.gate.clear()
+    b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=LONG, max_concurrent_batches=2)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(4)]
+    await asyncio.sleep(0.05)
+    assert pool.handed == [2, 2]  # both batches are with the pool, the second behind the held first
+    rec.gate.set()
+    deadline = time.monotonic() + 5
+    while len(rec.batches) < 2 and time.monotonic() < deadline:  # holds the event loop meanwhile
+        time.sleep(0.001)
+    assert rec.batches == [[0, 1], [2, 3]]
+    results = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    assert [r.tolist() for r in results] == [[[0]], [[10]], [[20]], [[30]]]
+    await b.close()
+    pool.shutdown()
+
+
+async def test_a_batch_waiting_for_the_thread_counts_as_queue_wait_not_inference() -> None:
+    seen: list[BatchStats] = []
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.2)
+        return batch
+
+    pool = ThreadPoolExecutor(1)
+    b = Batcher(
+        slow, executor=pool, max_batch_size=2, max_batch_delay_s=LONG, max_concurrent_batches=2, on_batch=seen.append
+    )
+    b.start()
+    await asyncio.wait_for(asyncio.gather(*(b.submit(rows(i)) for i in range(4))), 5)
+    await b.close()
+    pool.shutdown()
+    assert [s.rows for s in seen] == [2, 2]
+    assert all(0.19 <= s.inference_seconds < 0.35 for s in seen)  # the model's time only
+    assert min(seen[1].queue_waits) >= 0.15  # the second batch waited for the first to finish
 
 
 async def test_without_an_executor_the_batcher_runs_its_own() -> None:
