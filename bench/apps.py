@@ -3,6 +3,9 @@
 - `trivial_app`: an endpoint that does nothing: the HTTP ceiling.
 - `naive_app`: the original's approach without its per-request model loading: decode and
   run ONNX Runtime per request, batch of one, on the event loop.
+- `admission_floor_app`: the server's admission gate (`AdmissionMiddleware`, the same 503s)
+  in front of a bare ASGI endpoint that reads the body and answers at once, with no FastAPI
+  and no model: what S5's accepted latency can be on this uvicorn and event loop at best.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 from PIL import Image
+from starlette.types import Receive, Scope, Send
+
+from app.limits import AdmissionMiddleware, InflightCounter
+from app.settings import Settings
 
 trivial_app = FastAPI()
 
@@ -49,3 +56,26 @@ async def naive_predict(request: Request) -> dict[str, object]:
     probabilities = request.app.state.session.run(None, {contract["input"]["name"]: batch})[0][0]
     best = int(np.argmax(probabilities))
     return {"prediction": contract["labels"][best], "score": float(probabilities[best])}
+
+
+_NOOP_ANSWER = b'{"prediction":"0","score":1.0}'
+
+
+async def _noop_inference(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(_NOOP_ANSWER)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": _NOOP_ANSWER})
+
+
+admission_floor_app = AdmissionMiddleware(
+    _noop_inference,
+    max_inflight=Settings().limits.max_inflight_requests,  # the server's, SERVE_LIMITS__* included
+    counter=InflightCounter(),
+)

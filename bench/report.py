@@ -122,6 +122,18 @@ def markdown(results: dict[str, Any]) -> str:
         )
     except KeyError:
         pass
+    try:
+        floor_c32 = _find(results, "S1 png raw", "floor", 32)["p99_ms"]
+        floor_s5 = _find(results, "S5 overload png raw", "floor")["ok_p99_ms"]
+        line = (
+            f"- S5 floor (the server's admission gate in front of a bare endpoint, same uvicorn, same load): "
+            f"accepted p99 {floor_s5:.0f} ms at c=512 against {floor_c32:.1f} ms at c=32 "
+            f"({floor_s5 / floor_c32:.0f}{X})"
+        )
+        s5_p99 = _find(results, "S5 overload png raw", "server")["ok_p99_ms"]
+        lines.append(line + f"; the server's accepted p99 is {s5_p99 / floor_s5:.1f}{X} the floor's")
+    except KeyError:
+        pass
     lines += [
         "",
         "| scenario | target | c | req/s | images/s | p50 ms | p90 ms | p99 ms | errors | non-200 | mean batch "

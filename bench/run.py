@@ -428,6 +428,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     one_png = (png, "image/png", 1, {})
+    if wanted("S5 overload png raw"):
+        print("S5 floor (the admission gate in front of a bare endpoint) ...", flush=True)
+        floor_scenarios = [("S1 png raw", 32, r["c32"]), ("S5 overload png raw", profile.overload_concurrency, r["s5"])]
+        with start(uvicorn_app("bench.apps:admission_floor_app"), env, "/ping", work / "floor.log") as proc:
+            for name, c, n in floor_scenarios:
+                entry = measure(
+                    name, "floor", proc, path, png, "image/png", concurrency=c, requests=n, images=0, work=work
+                )
+                results["scenarios"].append(entry)
     s1_server = [("S1 png raw", one_png), ("S1 png multipart", (one_multipart, one_mp_type, 1, {}))]
     server_scenarios: list[tuple[str, str, int, int, tuple[bytes, str, int, dict[str, str]]]] = [
         *((name, path, c, r[f"c{c}"], payload) for name, payload in s1_server for c in profile.s1_concurrency),

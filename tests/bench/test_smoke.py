@@ -44,7 +44,9 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (json_path,) = out.glob("*-smoke.json")
-    assert json_path.with_suffix(".md").read_text().startswith("Machine:")
+    md = json_path.with_suffix(".md").read_text()
+    assert md.startswith("Machine:")
+    assert "- S5 floor (" in md and "the floor's" in md
     assert json_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads(json_path.read_text())
 
@@ -68,6 +70,10 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
         ("S1 png raw", 32),
         ("S2 photo jpeg", 32),
     }
+    floor = {(s["name"], s["concurrency"]): s for s in scenarios if s["target"] == "floor"}
+    assert set(floor) == {("S1 png raw", 32), ("S5 overload png raw", 512)}
+    assert floor["S5 overload png raw", 512]["ok_p99_ms"] > 0  # some were admitted
+    assert set(floor["S5 overload png raw", 512]["statuses"]) <= {"200", "503"}
     for s in scenarios:
         assert s["throughput_rps"] > 0, s
         assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"], s
