@@ -126,9 +126,9 @@ def markdown(results: dict[str, Any]) -> str:
         floor_c32 = _find(results, "S1 png raw", "floor", 32)["p99_ms"]
         floor_s5 = _find(results, "S5 overload png raw", "floor")["ok_p99_ms"]
         line = (
-            f"- S5 floor (the server's admission gate in front of a bare endpoint, same uvicorn, same load): "
-            f"accepted p99 {floor_s5:.0f} ms at c=512 against {floor_c32:.1f} ms at c=32 "
-            f"({floor_s5 / floor_c32:.0f}{X})"
+            f"- S5 floor (a bare endpoint behind the server's admission gate, same uvicorn, same load; it answers "
+            f"at once, so it seldom refuses): accepted p99 {floor_s5:.0f} ms at c=512 against {floor_c32:.1f} ms "
+            f"at c=32 ({floor_s5 / floor_c32:.0f}{X})"
         )
         s5_p99 = _find(results, "S5 overload png raw", "server")["ok_p99_ms"]
         lines.append(line + f"; the server's accepted p99 is {s5_p99 / floor_s5:.1f}{X} the floor's")
