@@ -97,8 +97,16 @@ def batcher_throughput(
     measured next to the trial it is compared with. On a shared host the speed of the machine
     drifts by a fifth within a minute, which a reference taken once, minutes apart, folds into the
     ratio."""
-    backend = OrtBackend(model, contract, providers=providers, pad_to=max_batch_size)  # as the server does
-    batching = Settings().batching  # the server's settings, SERVE_BATCHING__* included
+    settings = Settings()  # the server's, SERVE_* variables included
+    batching = settings.batching
+    backend = OrtBackend(  # as the server builds it
+        model,
+        contract,
+        providers=providers,
+        intra_op_threads=settings.intra_op_threads,
+        pad_to=max_batch_size,
+        pad=batching.pad,
+    )
     run = backend.run
 
     async def drive() -> tuple[float, list[int]]:
