@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from registry import ModelContract
+from registry.check import ContractMismatchError, check_graph
 
 log = logging.getLogger("app.backend")
 
@@ -31,10 +32,6 @@ class InferenceBackend(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
-
-
-class ContractMismatchError(Exception):
-    """The ONNX graph does not match the contract recorded in the registry."""
 
 
 class GpuUnavailableError(RuntimeError):
@@ -113,7 +110,7 @@ class OrtBackend:
             )
         self._input = contract.input.name
         self._output = contract.output.name
-        _check_contract(self._session, contract)
+        check_graph(self._session, contract)
         use_padding = pad == "always" or (pad == "auto" and self._providers[0] == CUDA)
         self._pad_to = pad_to if use_padding else 0
 
@@ -142,28 +139,3 @@ class OrtBackend:
     def close(self) -> None:
         # ONNX Runtime frees the session when the last reference goes.
         del self._session
-
-
-def _check_contract(session: ort.InferenceSession, contract: ModelContract) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    spec = contract.input
-    if spec.name not in inputs:
-        raise ContractMismatchError(f"graph has no input {spec.name!r} (it has {sorted(inputs)})")
-    if contract.output.name not in outputs:
-        raise ContractMismatchError(f"graph has no output {contract.output.name!r} (it has {sorted(outputs)})")
-    graph_input = inputs[spec.name]
-    if graph_input.type != "tensor(uint8)":
-        raise ContractMismatchError(f"graph input {spec.name!r} is {graph_input.type}, the contract says uint8")
-    shape = graph_input.shape
-    if len(shape) != 4:
-        raise ContractMismatchError(f"graph input has rank {len(shape)}, the contract says 4 (NHWC)")
-    for axis, (got, want) in enumerate(zip(shape[1:], spec.shape[1:], strict=True), start=1):
-        if isinstance(got, int) and got != want:
-            raise ContractMismatchError(f"graph input dimension {axis} is {got}, the contract says {want}")
-    out_shape = outputs[contract.output.name].shape
-    if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != contract.num_outputs:
-        raise ContractMismatchError(
-            f"graph output has {out_shape[1]} columns, the contract ({contract.output.kind}, "
-            f"{len(contract.labels)} labels) needs {contract.num_outputs}"
-        )

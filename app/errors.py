@@ -77,6 +77,7 @@ _REGISTRY_STATUS: dict[type[registry_errors.RegistryError], int] = {
     registry_errors.InvalidInputError: 400,
     registry_errors.ConflictError: 409,
     registry_errors.IntegrityError: 500,
+    registry_errors.StorageError: 503,
     registry_errors.DatabaseError: 503,
 }
 

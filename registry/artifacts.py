@@ -1,42 +1,63 @@
 """Content-addressed artifact store on the local filesystem (or a shared volume).
 
 A blob lives at ``<root>/sha256/<first two hex digits>/<sha256>``. Writes go to a
-temporary file in the same filesystem, are fsynced, then renamed into place, so a
-reader never sees a partial blob. Identical content is stored once.
+temporary file in ``<root>/tmp`` on the same filesystem, are fsynced, then renamed
+into place, so a reader never sees a partial blob. Identical content is stored once.
+
+Two rules keep `gc` from losing data or leaving it behind:
+- every write renames a fresh file into place, even when the blob is already there,
+  so a blob that a registration is about to reference is always young, and gc's
+  grace period protects it until the registration commits;
+- a writer holds an exclusive ``flock`` on its temporary file until it is renamed or
+  removed, so gc can tell an upload in progress from one whose process died.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.errors import IntegrityError, NotFoundError
+from registry.errors import IntegrityError, NotFoundError, StorageError
 
 CHUNK = 1 << 20
+UPLOAD_PREFIX = "upload-"  # locked by its writer for as long as it lives
+CREATING_PREFIX = "creating-"  # not locked yet: only for the moment between creating and locking
 
 
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
     def path_for(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
 
     def put_file(self, source: Path) -> tuple[str, int]:
         """Store a file's content; returns (sha256, size)."""
-        with open(source, "rb") as fh:
+        try:
+            fh = open(source, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise StorageError(f"cannot read {str(source)!r} to store it: {exc.strerror or exc}") from None
+        with fh:
             return self.put_stream(fh)
 
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:
-        tmp_dir = self.root / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = self._create_locked_tmp()
+        except OSError as exc:
+            raise self._storage_error("create an upload file", exc) from None
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(CHUNK):
@@ -45,20 +66,35 @@ class ArtifactStore:
                     size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            final = self.path_for(sha)
-            if final.exists() and self._hash_file(final) == sha:
-                os.unlink(tmp_name)
-            else:
+                sha = digest.hexdigest()
+                final = self.path_for(sha)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp_name, 0o644)
+                # Replace even an identical blob: the new file's age is what protects it from gc.
                 os.replace(tmp_name, final)
                 _fsync_dir(final.parent)
             return sha, size
-        except BaseException:
-            if os.path.exists(tmp_name):
+        except OSError as exc:
+            raise self._storage_error("write an artifact", exc) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
+
+    def _create_locked_tmp(self) -> tuple[int, str]:
+        """An upload file that is locked from the moment it carries the `upload-` name."""
+        unique = f"{os.getpid()}-{uuid.uuid4().hex}"
+        creating = self.tmp_dir / f"{CREATING_PREFIX}{unique}"
+        name = str(self.tmp_dir / f"{UPLOAD_PREFIX}{unique}")
+        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(creating, name)  # the lock belongs to the open file and survives the rename
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(creating)
             raise
+        return fd, name
 
     def read(self, sha256: str, *, what: str) -> bytes:
         """Return the blob's bytes after checking them against ``sha256``.
@@ -70,6 +106,8 @@ class ArtifactStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"artifact of {what} is missing from the store ({path})") from None
+        except OSError as exc:
+            raise self._storage_error(f"read the artifact of {what}", exc) from None
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise IntegrityError(f"artifact of {what} is corrupted: sha256 is {actual}, expected {sha256} ({path})")
@@ -78,9 +116,12 @@ class ArtifactStore:
     def verify(self, sha256: str) -> str | None:
         """None when the blob is intact, else what is wrong with it."""
         path = self.path_for(sha256)
-        if not path.exists():
+        try:
+            actual = self._hash_file(path)
+        except FileNotFoundError:
             return f"missing ({path})"
-        actual = self._hash_file(path)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc} ({path})"
         if actual != sha256:
             return f"sha256 mismatch: found {actual} ({path})"
         return None
@@ -94,11 +135,75 @@ class ArtifactStore:
                 for blob in sorted(sub.iterdir()):
                     yield blob.name
 
-    def delete(self, sha256: str) -> int:
+    def size_of(self, sha256: str) -> int:
+        return self.path_for(sha256).stat().st_size
+
+    def delete_if_stale(self, sha256: str, *, older_than: float) -> int | None:
+        """Delete the blob unless it was written after ``older_than`` (a time.time()); returns its size
+        if deleted.
+
+        The blob is first renamed aside and checked again: a registration may rename a fresh copy
+        into place between our look and our delete, and that copy must survive."""
         path = self.path_for(sha256)
-        size = path.stat().st_size
-        path.unlink()
-        return size
+        try:
+            seen = path.stat()
+            if seen.st_mtime >= older_than:
+                return None
+            aside = self.tmp_dir / f"gc-{sha256}-{uuid.uuid4().hex}"
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(path, aside)
+            moved = aside.stat()
+            if moved.st_ino != seen.st_ino:  # a fresh copy arrived meanwhile: put it back
+                os.replace(aside, path)
+                return None
+            aside.unlink()
+            return seen.st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._storage_error(f"delete blob {sha256}", exc) from None
+
+    def remove_leftovers(self, *, older_than: float) -> list[Path]:
+        """Delete what dead processes left in ``tmp/``; returns the paths removed.
+
+        An upload whose lock is free has lost its writer, whatever its age. Anything else there (a
+        file killed between creation and locking, a blob a killed gc had moved aside) goes once it
+        is older than ``older_than`` (a time.time())."""
+        removed: list[Path] = []
+        try:
+            entries = list(self.tmp_dir.iterdir())
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            try:
+                if entry.name.startswith(UPLOAD_PREFIX):
+                    dead = self._writer_is_gone(entry)
+                else:
+                    dead = entry.stat().st_mtime < older_than
+                if dead:
+                    entry.unlink()
+                    removed.append(entry)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._storage_error(f"clean up {entry.name}", exc) from None
+        return removed
+
+    @staticmethod
+    def _writer_is_gone(path: Path) -> bool:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer holds it
+        finally:
+            os.close(fd)
+        return True
+
+    def _storage_error(self, operation: str, exc: OSError) -> StorageError:
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return StorageError(f"artifact store {self.root}: cannot {operation}: {reason}{where}")
 
     @staticmethod
     def _hash_file(path: Path) -> str:

@@ -8,27 +8,33 @@ begin (``BEGIN IMMEDIATE``) so two writers queue up instead of failing midway.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from registry.errors import DatabaseUnavailableError, InvalidInputError, SchemaOutOfDateError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: a server or CLI command that only reads pays nothing for it.
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def create_registry_engine(url: str) -> Engine:
+def create_registry_engine(url: str, *, password: str | None = None) -> Engine:
+    """An engine for ``url``; ``password``, if given, replaces the URL's (and needs no URL-encoding)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise InvalidInputError(f"malformed database URL {url!r}") from None
+        raise InvalidInputError(
+            "malformed database URL (REGISTRY_DATABASE_URL): expected dialect+driver://user@host:port/database"
+        ) from None
+    if password is not None:
+        parsed = parsed.set(password=password)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
@@ -69,6 +75,8 @@ def write_engine(engine: Engine) -> Engine:
 
 
 def alembic_config(engine: Engine | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine is not None:
@@ -77,17 +85,23 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
 
 

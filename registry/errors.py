@@ -4,14 +4,20 @@
     ├── NotFoundError              a model, version or alias that does not exist
     ├── InvalidInputError          a malformed name, bad metadata or an unusable contract
     ├── ConflictError              an operation the current state forbids
-    │                              (promoting an archived version, archiving a served one)
+    │   │                          (promoting an archived version, archiving a served one,
+    │   │                          a contract change nobody allowed)
+    │   └── ArtifactCheckError     a promotion's target cannot be served: missing, corrupt,
+    │                              unloadable, or not what its contract says
     ├── IntegrityError             a stored artifact whose bytes no longer match its sha256
+    ├── StorageError               the artifact store cannot be read or written (disk full,
+    │                              permissions); the message names the store and the operation
     └── DatabaseError              the database cannot be used
         ├── DatabaseUnavailableError   cannot connect
         └── SchemaOutOfDateError       the schema is behind the code: run `registry db upgrade`
 
 Each class carries an ``exit_code`` for the CLI and a ``status_code`` for HTTP,
-so both front ends map errors in one place.
+so both front ends map errors in one place. The CLI adds exit code 2 for a usage
+error (unknown command, missing argument) and 1 for anything unexpected.
 """
 
 from __future__ import annotations
@@ -41,9 +47,18 @@ class ConflictError(RegistryError):
     status_code = 409
 
 
+class ArtifactCheckError(ConflictError):
+    exit_code = 8
+
+
 class IntegrityError(RegistryError):
     exit_code = 6
     status_code = 500
+
+
+class StorageError(RegistryError):
+    exit_code = 9
+    status_code = 503
 
 
 class DatabaseError(RegistryError):

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -78,6 +79,9 @@ class ModelVersion(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(200))
+    # Set when this version was registered with a contract different from the version before it,
+    # which only an explicit allowance permits: what changed.
+    contract_change: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class VersionArtifact(Base):
@@ -117,16 +121,20 @@ class Alias(Base):
 
 
 class AliasHistory(Base):
-    """Append-only: rows are inserted, never updated or deleted."""
+    """Append-only: rows are inserted, never updated or deleted.
+
+    Besides alias moves it records archives (``alias`` is NULL, ``from_version`` the archived one)."""
 
     __tablename__ = "alias_history"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("registered_models.id", ondelete="CASCADE"), index=True)
-    alias: Mapped[str] = mapped_column(String(100))
+    alias: Mapped[str | None] = mapped_column(String(100), nullable=True)
     from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     to_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     action: Mapped[str] = mapped_column(String(16))
+    # Whether the target's artifact was checked before the move; False: moved with --no-check.
+    checked: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

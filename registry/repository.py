@@ -67,6 +67,17 @@ def list_versions(session: Session, model_id: int) -> Sequence[ModelVersion]:
     return session.scalars(stmt).all()
 
 
+def latest_active_version(session: Session, model_id: int) -> ModelVersion | None:
+    """The highest-numbered version that is not archived."""
+    stmt = (
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id, ModelVersion.status != "archived")
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
 def list_extras(session: Session, model_id: int, version: int | None = None) -> Sequence[VersionArtifact]:
     stmt = select(VersionArtifact).where(VersionArtifact.model_id == model_id)
     if version is not None:

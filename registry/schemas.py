@@ -139,6 +139,9 @@ class VersionInfo(_Frozen):
     aliases: list[str]
     created_at: datetime
     created_by: str
+    contract_change: str | None = Field(
+        None, description="what changed from the version before, when registered with an explicit allowance"
+    )
 
     @property
     def contract(self) -> ModelContract:
@@ -146,11 +149,17 @@ class VersionInfo(_Frozen):
 
 
 class AliasMove(_Frozen):
+    """One entry of a model's history: an alias move, or the archiving of a version
+    (``alias`` None, ``from_version`` the archived version)."""
+
     model_name: str
-    alias: str
+    alias: str | None
     from_version: int | None
     to_version: int | None
-    action: Literal["promote", "rollback", "remove"]
+    action: Literal["promote", "rollback", "remove", "archive"]
     actor: str
     reason: str
     created_at: datetime
+    checked: bool | None = Field(
+        None, description="promote and rollback: whether the target was checked first (false: --no-check)"
+    )

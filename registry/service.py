@@ -18,10 +18,13 @@ from sqlalchemy.orm import Session
 
 from registry import repository as repo
 from registry.artifacts import ArtifactStore
+from registry.check import ContractMismatchError, check_servable, contract_changes
 from registry.db import check_schema, create_registry_engine, first_line, redact, write_engine
 from registry.errors import (
+    ArtifactCheckError,
     ConflictError,
     DatabaseUnavailableError,
+    IntegrityError,
     InvalidInputError,
     NotFoundError,
     RegistryError,
@@ -111,8 +114,15 @@ class Problem:
 class Registry:
     """Models, versions, aliases and their history in SQL; artifacts in a content-addressed store."""
 
-    def __init__(self, *, database_url: str, artifacts_dir: Path | str, check: bool = True) -> None:
-        self.engine: Engine = create_registry_engine(database_url)
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        artifacts_dir: Path | str,
+        check: bool = True,
+        database_password: str | None = None,
+    ) -> None:
+        self.engine: Engine = create_registry_engine(database_url, password=database_password)
         self._write_engine = write_engine(self.engine)
         self.store = ArtifactStore(Path(artifacts_dir))
         self._schema_checked = not check
@@ -120,7 +130,14 @@ class Registry:
     @classmethod
     def from_settings(cls, settings: RegistrySettings | None = None, *, check: bool = True) -> Registry:
         settings = settings or RegistrySettings()
-        return cls(database_url=settings.database_url, artifacts_dir=settings.artifacts_dir, check=check)
+        secret = settings.database_password.get_secret_value() if settings.database_password else ""
+        password = secret or None  # an empty variable means none given
+        return cls(
+            database_url=settings.database_url,
+            artifacts_dir=settings.artifacts_dir,
+            check=check,
+            database_password=password,
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -181,8 +198,13 @@ class Registry:
         extras: Mapping[str, Path | str] | None = None,
         actor: str | None = None,
         description: str | None = None,
+        allow_contract_change: bool = False,
     ) -> VersionInfo:
-        """Store the artifact and its extras, then add the next version in one transaction."""
+        """Store the artifact and its extras, then add the next version in one transaction.
+
+        A contract that differs from the latest unarchived version's (labels, output kind, input
+        size) is refused with ConflictError unless ``allow_contract_change``; an allowed change is
+        recorded with the version."""
         validate_model_name(name)
         meta = parse_metadata(metadata)
         onnx_path = Path(onnx_path)
@@ -204,6 +226,7 @@ class Registry:
             repo.ensure_model(session, name, description or meta.description)
         with self._session(write=True) as session:
             model = self._model(session, name, for_update=True)
+            change = self._contract_change(session, model, meta, allow=allow_contract_change)
             number = repo.allocate_version(session, model.id)
             row = ModelVersion(
                 model_id=model.id,
@@ -214,6 +237,7 @@ class Registry:
                 format="onnx",
                 meta=meta.model_dump(mode="json"),
                 created_by=actor or default_actor(),
+                contract_change=change,
             )
             extra_rows = [
                 VersionArtifact(model_id=model.id, version=number, name=key, sha256=esha, size=esize)
@@ -221,6 +245,25 @@ class Registry:
             ]
             repo.add_version(session, row, extra_rows)
             return _version_info(name, row, extra_rows, {})
+
+    def _contract_change(
+        self, session: Session, model: RegisteredModel, meta: VersionMetadata, *, allow: bool
+    ) -> str | None:
+        previous = repo.latest_active_version(session, model.id)
+        if previous is None:
+            return None
+        old = VersionMetadata.model_validate(previous.meta).contract
+        changes = contract_changes(old, meta.contract)
+        if not changes:
+            return None
+        text = f"from v{previous.version}: " + "; ".join(changes)
+        if not allow:
+            raise ConflictError(
+                f"the new version of {model.name!r} changes its contract {text}: "
+                "clients and servers following its aliases would see that; allow it explicitly "
+                "(--allow-contract-change) if that is intended"
+            )
+        return text
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -308,9 +351,16 @@ class Registry:
         alias: str = "production",
         actor: str | None = None,
         reason: str = "",
+        check: bool = True,
     ) -> AliasMove:
-        """Point ``alias`` at ``version``."""
+        """Point ``alias`` at ``version``.
+
+        With ``check`` (the default) the version must be servable first: its artifact intact,
+        loadable by ONNX Runtime and true to its contract (`check_version`). Without, the move is
+        recorded as unchecked."""
         validate_alias(alias)
+        if check:
+            self.check_version(name, version)
         with self._session(write=True) as session:
             model = self._model(session, name, for_update=True)
             row = self._version_row(session, model, version)
@@ -320,36 +370,74 @@ class Registry:
             previous = current.version if current is not None else None
             if previous == version:
                 raise ConflictError(f"alias {alias!r} of {name!r} already points to v{version}")
-            return self._move(session, model, alias, previous, version, "promote", actor, reason)
+            return self._move(session, model, alias, previous, version, "promote", actor, reason, checked=check)
 
     def rollback(
-        self, *, name: str, alias: str = "production", actor: str | None = None, reason: str = ""
+        self,
+        *,
+        name: str,
+        alias: str = "production",
+        actor: str | None = None,
+        reason: str = "",
+        check: bool = True,
     ) -> AliasMove:
         """Move ``alias`` back to the version it held before its current one.
 
         The history is replayed as a stack: a promotion pushes, a rollback pops and a
         removal clears, so repeated rollbacks walk further back rather than flip-flop.
+        The target is checked as a promotion's is, unless ``check`` is off.
         """
         validate_alias(alias)
+        if check:
+            with self._session() as session:
+                target, _ = self._rollback_target(session, self._model(session, name), alias)
+            self.check_version(name, target)
         with self._session(write=True) as session:
             model = self._model(session, name, for_update=True)
-            current = repo.get_alias(session, model.id, alias)
-            if current is None:
-                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
-            stack: list[int] = []
-            for entry in repo.history(session, model.id, alias):
-                if entry.action == "promote" and entry.to_version is not None:
-                    stack.append(entry.to_version)
-                elif entry.action == "rollback" and stack:
-                    stack.pop()
-                elif entry.action == "remove":
-                    stack.clear()
-            if len(stack) < 2 or stack[-1] != current.version:
-                raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
-            target = stack[-2]
-            if self._version_row(session, model, target).status == "archived":
-                raise ConflictError(f"cannot roll {alias!r} back to {name} v{target}: it is archived")
-            return self._move(session, model, alias, current.version, target, "rollback", actor, reason)
+            moved_to, current = self._rollback_target(session, model, alias)
+            if check and moved_to != target:
+                raise ConflictError(f"alias {alias!r} of {name!r} moved while rolling back: try again")
+            return self._move(session, model, alias, current, moved_to, "rollback", actor, reason, checked=check)
+
+    def _rollback_target(self, session: Session, model: RegisteredModel, alias: str) -> tuple[int, int]:
+        """(the version a rollback of ``alias`` goes to, the one it leaves)."""
+        name = model.name
+        current = repo.get_alias(session, model.id, alias)
+        if current is None:
+            raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+        stack: list[int] = []
+        for entry in repo.history(session, model.id, alias):
+            if entry.action == "promote" and entry.to_version is not None:
+                stack.append(entry.to_version)
+            elif entry.action == "rollback" and stack:
+                stack.pop()
+            elif entry.action == "remove":
+                stack.clear()
+        if len(stack) < 2 or stack[-1] != current.version:
+            raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
+        target = stack[-2]
+        if self._version_row(session, model, target).status == "archived":
+            raise ConflictError(f"cannot roll {alias!r} back to {name} v{target}: it is archived")
+        return target, current.version
+
+    def check_version(self, name: str, version: int) -> None:
+        """Raise ArtifactCheckError unless ``name`` v``version`` can be served: its artifact is present
+        and intact (sha256), ONNX Runtime loads it, and its graph matches its contract."""
+        info = self.get_version(name, version)
+        what = f"{name} v{version}"
+        try:
+            data = self.store.read(info.sha256, what=what)
+        except (NotFoundError, IntegrityError) as exc:
+            raise ArtifactCheckError(f"{what} cannot be served: {exc.message}") from None
+        try:
+            check_servable(data, info.contract)
+        except ContractMismatchError as exc:
+            raise ArtifactCheckError(f"{what} cannot be served: {exc}") from None
+        except ImportError:
+            raise ArtifactCheckError(
+                f"cannot check {what}: ONNX Runtime is not installed here (install the `serve` extra), "
+                "or skip the check with --no-check"
+            ) from None
 
     def remove_alias(self, *, name: str, alias: str, actor: str | None = None, reason: str = "") -> AliasMove:
         validate_alias(alias)
@@ -370,6 +458,8 @@ class Registry:
         action: str,
         actor: str | None,
         reason: str,
+        *,
+        checked: bool | None = None,
     ) -> AliasMove:
         if to_version is None:
             repo.delete_alias(session, model.id, alias)
@@ -383,11 +473,13 @@ class Registry:
             action=action,
             actor=actor or default_actor(),
             reason=reason,
+            checked=checked,
         )
         repo.append_history(session, entry)
         return _move(model.name, entry)
 
-    def archive(self, *, name: str, version: int) -> VersionInfo:
+    def archive(self, *, name: str, version: int, actor: str | None = None, reason: str = "") -> VersionInfo:
+        """Mark a version archived (it can no longer be promoted), and record who did it and why."""
         with self._session(write=True) as session:
             model = self._model(session, name, for_update=True)
             row = self._version_row(session, model, version)
@@ -397,8 +489,22 @@ class Registry:
                 raise ConflictError(
                     f"{name} v{version} is what {', '.join(holding)} points to: move the alias first, then archive"
                 )
+            if row.status == "archived":
+                raise ConflictError(f"{name} v{version} is archived already")
             row.status = "archived"
             session.flush()
+            repo.append_history(
+                session,
+                AliasHistory(
+                    model_id=model.id,
+                    alias=None,
+                    from_version=version,
+                    to_version=None,
+                    action="archive",
+                    actor=actor or default_actor(),
+                    reason=reason,
+                ),
+            )
             return self._to_info(session, model, row, aliases)
 
     # -- maintenance ---------------------------------------------------------------------------
@@ -420,24 +526,30 @@ class Registry:
     def gc(self, *, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> list[tuple[str, int]]:
         """Delete blobs no version references; returns (sha256, bytes) of each.
 
-        Blobs younger than ``grace_seconds`` are kept: a registration in progress has
-        written its blob but not yet committed the version that references it.
+        Blobs written in the last ``grace_seconds`` are kept: a registration in progress has
+        written its blob (every registration writes it anew, even when the content is already
+        stored) but not yet committed the version that references it. Uploads whose process died
+        are removed whatever their age (see `ArtifactStore.remove_leftovers`).
         """
         with self._session() as session:
             referenced = repo.referenced_shas(session)
-        now = time.time()
+        cutoff = time.time() - grace_seconds
         removed: list[tuple[str, int]] = []
         for sha in list(self.store.iter_blobs()):
-            path = self.store.path_for(sha)
-            if sha in referenced or now - path.stat().st_mtime < grace_seconds:
+            if sha in referenced:
                 continue
-            size = path.stat().st_size if dry_run else self.store.delete(sha)
-            removed.append((sha, size))
-        tmp = self.store.root / "tmp"
-        if tmp.is_dir() and not dry_run:
-            for leftover in tmp.iterdir():
-                if now - leftover.stat().st_mtime >= grace_seconds:
-                    leftover.unlink()
+            if dry_run:
+                try:
+                    if self.store.path_for(sha).stat().st_mtime < cutoff:
+                        removed.append((sha, self.store.size_of(sha)))
+                except FileNotFoundError:
+                    continue
+                continue
+            size = self.store.delete_if_stale(sha, older_than=cutoff)
+            if size is not None:
+                removed.append((sha, size))
+        if not dry_run:
+            self.store.remove_leftovers(older_than=cutoff)
         return removed
 
 
@@ -464,6 +576,7 @@ def _version_info(name: str, row: ModelVersion, extras: Any, aliases: dict[str, 
         aliases=sorted(a for a, v in aliases.items() if v == row.version),
         created_at=row.created_at,
         created_by=row.created_by,
+        contract_change=row.contract_change,
     )
 
 
@@ -477,4 +590,5 @@ def _move(name: str, entry: AliasHistory) -> AliasMove:
         actor=entry.actor,
         reason=entry.reason,
         created_at=entry.created_at,
+        checked=entry.checked,
     )

@@ -5,14 +5,20 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
 
-    database_url: str = "sqlite:///./var/registry.db"
-    artifacts_dir: Path = Path("./var/artifacts")
+    database_url: str = Field("sqlite:///./var/registry.db", description="SQLAlchemy URL of the registry database")
+    database_password: SecretStr | None = Field(
+        None,
+        description="password for the database URL, given apart so it needs no URL-encoding (`p@ss/word` works "
+        "as it is); it replaces any password in the URL",
+    )
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="the artifact store's directory")
 
 
 @lru_cache
