@@ -1,20 +1,28 @@
-"""`registry`: the ops command line. Every failure is one line on stderr and a non-zero exit."""
+"""`registry`: the ops command line. Every failure is one line on stderr and a non-zero exit.
+
+Exit codes: 0 success; 1 unexpected; 2 usage (unknown command, missing argument); 3-9 the
+registry's errors (`registry.errors`): 3 not found, 4 invalid input, 5 conflict, 6 corrupted
+artifact, 7 database, 8 a promotion's target failed its check, 9 artifact storage.
+
+The database and store libraries are imported inside the commands that use them, so
+`registry --help` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
-from registry import db
-from registry.errors import InvalidInputError, RegistryError
-from registry.schemas import AliasMove, ModelInfo, VersionInfo
-from registry.service import Reference, Registry, default_actor, parse_metadata
-from registry.settings import RegistrySettings
+from registry.errors import DatabaseError, DatabaseUnavailableError, InvalidInputError, RegistryError
+
+if TYPE_CHECKING:
+    from registry.schemas import AliasMove, ModelInfo, VersionInfo
+    from registry.service import Registry
 
 app = typer.Typer(
     name="registry",
@@ -30,9 +38,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 ActorOpt = Annotated[str | None, typer.Option(help="Who is acting (default: the OS user).")]
 AliasOpt = Annotated[str, typer.Option("--alias", "-a", help="Alias to move.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why; kept in the history.")]
+NoCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-check",
+        help="Move the alias without checking that the target can be served (emergencies only; "
+        "recorded in the history).",
+    ),
+]
 
 
 def _registry(*, check: bool = True) -> Registry:
+    from registry.service import Registry
+    from registry.settings import RegistrySettings
+
     return Registry.from_settings(RegistrySettings(), check=check)
 
 
@@ -120,6 +139,8 @@ def show(reference: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]
         f"preprocess:   resize to {contract.preprocessing.size[0]}x{contract.preprocessing.size[1]} "
         f"({contract.preprocessing.resize_method}), {contract.preprocessing.color_mode}",
     ]
+    if info.contract_change:
+        lines.append(f"contract:     changed {info.contract_change} (allowed at registration)")
     if meta.metrics:
         scalars = {k: v for k, v in meta.metrics.items() if isinstance(v, int | float)}
         lines.append("metrics:      " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
@@ -147,10 +168,19 @@ def register(
     meta: Annotated[Path, typer.Option("--meta", help="JSON metadata (as `registry export` writes).")],
     extra: Annotated[list[Path] | None, typer.Option("--extra", help="Extra file to keep with the version.")] = None,
     description: Annotated[str | None, typer.Option(help="Model description (first registration).")] = None,
+    allow_contract_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-contract-change",
+            help="Accept labels, output kind or input size that differ from the latest version's (recorded).",
+        ),
+    ] = False,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register MODEL.onnx as the next version of NAME."""
+    from registry.service import parse_metadata
+
     try:
         raw = json.loads(meta.read_text())
     except FileNotFoundError:
@@ -168,11 +198,14 @@ def register(
             extras={p.name: p for p in extra or []},
             actor=actor,
             description=description,
+            allow_contract_change=allow_contract_change,
         )
     if as_json:
         _print_json(info.model_dump(mode="json"))
     else:
         typer.echo(f"registered {info.model_name} v{info.version} (sha256 {info.sha256[:12]})")
+        if info.contract_change:
+            typer.echo(f"contract change allowed and recorded: {info.contract_change}")
 
 
 @app.command()
@@ -182,11 +215,12 @@ def promote(
     alias: AliasOpt = "production",
     reason: ReasonOpt = "",
     actor: ActorOpt = None,
+    no_check: NoCheckOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Point an alias (default: production) at VERSION."""
+    """Point an alias (default: production) at VERSION, once VERSION is checked to be servable."""
     with _registry() as reg:
-        move = reg.promote(name=name, version=version, alias=alias, actor=actor, reason=reason)
+        move = reg.promote(name=name, version=version, alias=alias, actor=actor, reason=reason, check=not no_check)
     _report_move(move, as_json)
 
 
@@ -196,12 +230,24 @@ def rollback(
     alias: AliasOpt = "production",
     reason: ReasonOpt = "",
     actor: ActorOpt = None,
+    no_check: NoCheckOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move an alias back to the version it held before."""
+    """Move an alias back to the version it held before, once that version is checked to be servable."""
     with _registry() as reg:
-        move = reg.rollback(name=name, alias=alias, actor=actor, reason=reason)
+        move = reg.rollback(name=name, alias=alias, actor=actor, reason=reason, check=not no_check)
     _report_move(move, as_json)
+
+
+@app.command()
+def check(reference: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]")]) -> None:
+    """Check that a version can be served (what promote checks); exit 8 if it cannot."""
+    from registry.service import Reference
+
+    with _registry() as reg:
+        info = reg.get(Reference.parse(reference))
+        reg.check_version(info.model_name, info.version)
+    typer.echo(f"{info.model_name} v{info.version} can be served")
 
 
 def _report_move(move: AliasMove, as_json: bool) -> None:
@@ -209,14 +255,23 @@ def _report_move(move: AliasMove, as_json: bool) -> None:
         _print_json(move.model_dump(mode="json"))
         return
     before = f"v{move.from_version}" if move.from_version is not None else "(unset)"
-    typer.echo(f"{move.model_name}@{move.alias}: {before} -> v{move.to_version} ({move.action} by {move.actor})")
+    unchecked = ", unchecked" if move.checked is False else ""
+    typer.echo(
+        f"{move.model_name}@{move.alias}: {before} -> v{move.to_version} ({move.action} by {move.actor}{unchecked})"
+    )
 
 
 @app.command()
-def archive(name: str, version: int, as_json: JsonOpt = False) -> None:
-    """Archive a version so it can no longer be promoted."""
+def archive(
+    name: str,
+    version: int,
+    reason: ReasonOpt = "",
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Archive a version so it can no longer be promoted (recorded in the history)."""
     with _registry() as reg:
-        info = reg.archive(name=name, version=version)
+        info = reg.archive(name=name, version=version, actor=actor, reason=reason)
     if as_json:
         _print_json(info.model_dump(mode="json"))
     else:
@@ -229,7 +284,7 @@ def history(
     alias: Annotated[str | None, typer.Option("--alias", "-a", help="Only this alias.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every alias move of a model, oldest first."""
+    """Every alias move and archive of a model, oldest first."""
     with _registry() as reg:
         moves = reg.history(name, alias)
     if as_json:
@@ -240,8 +295,8 @@ def history(
         [
             [
                 _when(m),
-                m.alias,
-                m.action,
+                m.alias or "-",
+                m.action + (" (unchecked)" if m.checked is False else ""),
                 "-" if m.from_version is None else f"v{m.from_version}",
                 "-" if m.to_version is None else f"v{m.to_version}",
                 m.actor,
@@ -258,6 +313,8 @@ def export(
     directory: Annotated[Path, typer.Argument(metavar="DIR")],
 ) -> None:
     """Write model.onnx, meta.json and extras/ to DIR, ready for `registry register`."""
+    from registry.service import Reference
+
     with _registry() as reg:
         info = reg.get(Reference.parse(reference))
         data = reg.open_artifact(info.model_name, info.version)
@@ -302,36 +359,77 @@ def gc(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+def db_upgrade(
+    revision: Annotated[str, typer.Argument()] = "head",
+    wait: Annotated[
+        float, typer.Option("--wait", help="Retry for up to this many seconds while the database does not answer.")
+    ] = 0,
+) -> None:
     """Create or upgrade the registry schema."""
+    from registry import db
+
     with _registry(check=False) as reg:
+        _wait_for_database(reg, wait)
         try:
             db.upgrade(reg.engine, revision)
         except RegistryError:
             raise
         except Exception as exc:
-            raise RegistryError(f"migration failed on {db.redact(reg.engine)}: {db.first_line(exc)}") from exc
+            raise DatabaseError(f"migration failed on {db.redact(reg.engine)}: {db.first_line(exc)}") from exc
         typer.echo(f"registry database {db.redact(reg.engine)} is at revision {db.current_revision(reg.engine)}")
+
+
+def _wait_for_database(reg: Registry, seconds: float) -> None:
+    """Connect, retrying until ``seconds`` have passed: a database that is still starting refuses."""
+    from registry import db
+
+    deadline = time.monotonic() + seconds
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            with reg.engine.connect():
+                return
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                tried = f" (tried {attempts} times in {seconds:g} s)" if seconds > 0 else ""
+                raise DatabaseUnavailableError(
+                    f"cannot reach the registry database {db.redact(reg.engine)}{tried}: {db.first_line(exc)}"
+                ) from exc
+            if attempts == 1:
+                typer.echo(f"waiting for the registry database {db.redact(reg.engine)}: {db.first_line(exc)}", err=True)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and the one this code needs."""
+    from registry import db
+
     with _registry(check=False) as reg:
         try:
             current = db.current_revision(reg.engine)
         except Exception as exc:
-            raise RegistryError(f"cannot reach {db.redact(reg.engine)}: {db.first_line(exc)}") from exc
+            raise DatabaseError(f"cannot read the schema of {db.redact(reg.engine)}: {db.first_line(exc)}") from exc
     typer.echo(f"current: {current or '(none)'}  head: {db.head_revision()}")
+
+
+# typer raises click's exceptions from its own copy of click (recent versions) or from click itself
+# (older ones); their base class is found from one typer re-exports, so click need not be imported.
+ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="registry", standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `registry` or `registry db`: the help
+            typer.echo(exc.format_message(), err=True)  # type: ignore[attr-defined]
+            sys.exit(2)
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"registry: error: {message} (see `registry --help`)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("registry: aborted", err=True)
         sys.exit(130)
     except RegistryError as exc:
@@ -343,4 +441,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-__all__ = ["app", "default_actor", "main"]
+__all__ = ["app", "main"]

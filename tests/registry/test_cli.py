@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.conftest import Backend
+from tests.conftest import Backend, PostgresServer
+from tests.netutil import tcp_forwarder
 from tests.onnx_models import color_classifier, color_metadata
+from tests.server import free_port
 
 
 def run(backend: Backend, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -157,3 +160,77 @@ def test_schema_out_of_date_and_upgrade(empty_backend: Backend) -> None:
 def test_unreachable_database(tmp_path: Path) -> None:
     down = Backend("postgres", "postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path)
     assert_one_line_error(run(down, "models", check=False), 7, "cannot reach the registry database")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bogus"], "No such command 'bogus'"),
+        (["promote", "digits"], "Missing argument 'version'"),
+        (["promote", "digits", "two"], "Invalid value for"),
+        (["versions", "colors", "--colour"], "No such option: --colour"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    nowhere = Backend("sqlite", f"sqlite:///{tmp_path / 'unused.db'}", tmp_path)
+    proc = run(nowhere, *args, check=False)
+    assert_one_line_error(proc, 2, message)
+    assert "registry --help" in proc.stderr
+
+
+def test_a_corrupt_database_file_is_exit_7_for_every_command(tmp_path: Path) -> None:
+    (tmp_path / "registry.db").write_bytes(b"this is not a SQLite database, just bytes" * 200)
+    corrupt = Backend("sqlite", f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts")
+    for args in (["models"], ["db", "current"], ["db", "upgrade"]):
+        proc = run(corrupt, *args, check=False)
+        assert_one_line_error(proc, 7, "registry.db")
+
+
+def test_db_upgrade_waits_for_a_database_that_is_still_starting(postgres: PostgresServer, tmp_path: Path) -> None:
+    """`migrate` in compose may start before PostgreSQL accepts TCP: it retries until it does."""
+    url = make_url(postgres.new_database(migrated=False))
+    port = free_port()
+    late = Backend("postgres", url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False), tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "db", "upgrade", "--wait", "60"],
+        env=late.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # it said it is waiting: the database is not there yet
+    assert "waiting for the registry database" in first
+    with tcp_forwarder(port, (url.host or "127.0.0.1", url.port or 5432)):
+        out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "is at revision" in out
+
+    gone = Backend("postgres", url.set(host="127.0.0.1", port=free_port()).render_as_string(), tmp_path)
+    proc = run(gone, "db", "upgrade", "--wait", "1", check=False)
+    assert proc.returncode == 7
+    waiting, error = proc.stderr.strip().splitlines()  # a progress line, then the error
+    assert "waiting for the registry database" in waiting
+    assert error.startswith("registry: error: cannot reach the registry database")
+    assert "(tried " in error
+
+
+def test_help_and_usage_errors_do_not_load_the_database_libraries() -> None:
+    """`registry --help` must answer at once: none of SQLAlchemy, Alembic, pydantic or ONNX Runtime."""
+    code = (
+        "import sys, time\n"
+        "started = time.perf_counter()\n"
+        "from registry.cli import app\n"
+        "try:\n"
+        "    app(['--help'], prog_name='registry', standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "heavy = sorted(loaded & {'sqlalchemy', 'alembic', 'pydantic', 'onnxruntime'})\n"
+        "print(heavy, f'{time.perf_counter() - started:.3f}', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    heavy, seconds = proc.stderr.strip().splitlines()[-1].rsplit(" ", 1)
+    print(f"registry --help in {seconds} s")
+    assert heavy == "[]"
