@@ -1,33 +1,58 @@
-"""`python -m app` / `imgserve`: run the server under uvicorn."""
+"""`python -m app` / `imgserve`: run the server under uvicorn.
+
+The server's libraries are imported after the arguments are parsed, so `--help` answers at once.
+A configuration that cannot work (a malformed setting, a placeholder token) ends the process
+with one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-
-import uvicorn
-
-from app.main import create_app
-from app.settings import Settings
+import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings()
     parser = argparse.ArgumentParser(prog="imgserve", description="Serve registered image classifiers over HTTP.")
-    parser.add_argument("--host", default=settings.host, help=f"default {settings.host} (SERVE_HOST)")
-    parser.add_argument("--port", type=int, default=settings.port, help=f"default {settings.port} (SERVE_PORT)")
+    parser.add_argument("--host", default=None, help="default 127.0.0.1 (SERVE_HOST)")
+    parser.add_argument("--port", type=int, default=None, help="default 8000 (SERVE_PORT)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings.model_copy(update={"host": args.host, "port": args.port})
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))  # its plugin chatter
+
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    try:
+        settings = Settings()
+        updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+        settings = settings.model_copy(update=updates)
+        import uvicorn
+
+        from app.main import create_app
+
+        app = create_app(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "__".join(str(part) for part in first["loc"]).upper()
+        _fail(f"invalid setting SERVE_{where}: {first['msg']}")
+    except ValueError as exc:
+        _fail(str(exc))
     uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
+        app,
+        host=settings.host,
+        port=settings.port,
         log_level=args.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
     )
+
+
+def _fail(message: str) -> None:
+    print(f"imgserve: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

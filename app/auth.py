@@ -10,6 +10,8 @@ from app.errors import ForbiddenError, UnauthorizedError
 from app.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imgserve admin"'}
+# What example files put where a token goes: a server given one refuses to start.
+PLACEHOLDERS = ("change-me", "changeme", "replace-with", "replace-me", "example-token")
 
 
 def parse_tokens(raw: str | None) -> dict[str, str]:
@@ -26,6 +28,11 @@ def parse_tokens(raw: str | None) -> dict[str, str]:
             raise ValueError("SERVE_ADMIN_TOKENS entries must look like name:token")
         if len(token.strip()) < 16:
             raise ValueError(f"SERVE_ADMIN_TOKENS: the token for {name.strip()!r} is shorter than 16 characters")
+        if any(marker in token.lower() for marker in PLACEHOLDERS):
+            raise ValueError(
+                f"SERVE_ADMIN_TOKENS: the token for {name.strip()!r} is a placeholder from an example file: "
+                "set a random one, e.g. from `openssl rand -hex 24`"
+            )
         tokens[name.strip()] = token.strip()
     return tokens
 

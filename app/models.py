@@ -6,6 +6,12 @@ swapped in with one assignment on the event loop. Requests hold a *lease* on the
 version they started with, so the old version stays open until the last of them
 has its answer; only then is its batcher drained and its session closed. A version
 that fails to load is never swapped in: the old one keeps serving.
+
+A server that has nothing loaded yet (a fresh replica) and finds the alias's target
+unloadable falls back to the newest earlier version in that alias's history that
+loads: what the replicas already running kept serving. It is ready then, and
+`/readyz` and `/v1/models/{name}` say which version failed and what is served
+instead; the target is retried every `load_retry_s`.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from app.batcher import Batcher
 from app.errors import BadRequestError, NotFoundError, UnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
-from registry import Registry, VersionInfo
+from registry import AliasMove, Registry, VersionInfo
+from registry.check import contract_changes
 from registry.errors import RegistryError
 
 log = logging.getLogger("app.models")
 
 BackendFactory = Callable[[bytes, VersionInfo], InferenceBackend]
+MAX_FALLBACK_ATTEMPTS = 3
 
 
 def to_probabilities(raw: np.ndarray, kind: str) -> np.ndarray:
@@ -198,6 +206,8 @@ class ModelManager:
     async def _ensure(self, state: ModelState, target: int) -> None:
         async with state.lock:
             if state.current is not None and state.current.version == target:
+                state.last_error = None  # e.g. the alias rolled back to what is served after a failed load
+                state.failed.pop(target, None)
                 return
             failed_at = state.failed.get(target)
             if failed_at is not None and time.monotonic() - failed_at < self.settings.load_retry_s:
@@ -207,21 +217,60 @@ class ModelManager:
             except GpuUnavailableError:
                 raise
             except Exception as exc:
-                message = exc.message if isinstance(exc, RegistryError) else str(exc)
-                state.last_error = f"{state.name} v{target} failed to load: {message}"
-                state.failed[target] = time.monotonic()
-                self.metrics.load_failures.labels(state.name, str(target)).inc()
-                log.error("%s; still serving %s", state.last_error, _describe(state.current))
+                self._load_failed(state, target, exc)
+                if state.current is None:
+                    await self._fall_back(state, target)
+                log.error("%s; serving %s", state.last_error, _describe(state.current))
                 return
             old, state.current = state.current, new
             state.last_error = None
             state.failed.pop(target, None)
             if old is not None:
                 self.metrics.swaps.labels(state.name).inc()
+                changes = contract_changes(old.info.contract, new.info.contract)
+                if changes:
+                    log.warning(
+                        "%s: v%d changes the contract of v%d: %s",
+                        state.name,
+                        new.version,
+                        old.version,
+                        "; ".join(changes),
+                    )
                 log.info("%s: swapped v%d -> v%d", state.name, old.version, new.version)
                 self._retire_later(old)
             else:
                 log.info("%s: serving v%d on %s", state.name, new.version, new.provider)
+
+    def _load_failed(self, state: ModelState, version: int, exc: Exception) -> None:
+        message = exc.message if isinstance(exc, RegistryError) else str(exc)
+        state.last_error = f"{state.name} v{version} failed to load: {message}"
+        state.failed[version] = time.monotonic()
+        self.metrics.load_failures.labels(state.name, str(version)).inc()
+
+    async def _fall_back(self, state: ModelState, target: int) -> None:
+        """With nothing loaded and the target unloadable: load the newest earlier version of the alias's
+        history that loads (running replicas kept serving it), and say so in ``last_error``."""
+        alias = self.settings.alias
+        try:
+            moves: list[AliasMove] = await self.call(self.registry.history, state.name, alias)
+        except RegistryError as exc:
+            log.warning("%s: cannot read the history of %r to fall back: %s", state.name, alias, exc.message)
+            return
+        failure = state.last_error
+        for version in _earlier_targets(moves, target)[:MAX_FALLBACK_ATTEMPTS]:
+            try:
+                state.current = await self._load(state.name, version)
+            except GpuUnavailableError:
+                raise
+            except Exception as exc:
+                message = exc.message if isinstance(exc, RegistryError) else str(exc)
+                log.error("%s: fallback to v%d failed too: %s", state.name, version, message)
+                continue
+            state.last_error = (
+                f"{failure}; serving v{version} instead, the newest earlier version of {alias!r} that loads"
+            )
+            log.warning("%s: fell back to v%d on %s", state.name, version, state.current.provider)
+            return
 
     def _retire_later(self, version: LoadedVersion) -> None:
         task = asyncio.create_task(version.retire())
@@ -365,3 +414,21 @@ class ModelManager:
 
 def _describe(loaded: LoadedVersion | None) -> str:
     return "nothing" if loaded is None else f"v{loaded.version}"
+
+
+def _earlier_targets(moves: list[AliasMove], target: int) -> list[int]:
+    """The versions an alias pointed to before, newest first, ``target`` left out; the history is
+    replayed as `Registry.rollback` does (promote pushes, rollback pops, remove clears)."""
+    stack: list[int] = []
+    for move in moves:
+        if move.action == "promote" and move.to_version is not None:
+            stack.append(move.to_version)
+        elif move.action == "rollback" and stack:
+            stack.pop()
+        elif move.action == "remove":
+            stack.clear()
+    seen: list[int] = []
+    for version in reversed(stack):
+        if version != target and version not in seen:
+            seen.append(version)
+    return seen

@@ -26,18 +26,34 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     403: {"model": ErrorBody, "description": "admin API disabled (no SERVE_ADMIN_TOKENS)"},
     404: {"model": ErrorBody, "description": "unknown model, version or alias"},
-    409: {"model": ErrorBody, "description": "refused: archived version, alias already there, nothing to roll back"},
+    409: {
+        "model": ErrorBody,
+        "description": "refused: the target cannot be served (missing, corrupt, unloadable, off-contract), "
+        "archived version, alias already there, nothing to roll back",
+    },
     503: {"model": ErrorBody, "description": "registry database unreachable"},
 }
+
+
+NO_CHECK = Field(
+    False,
+    description="move the alias without checking that the target can be served (emergencies only; recorded)",
+)
 
 
 class PromoteBody(BaseModel):
     version: int = Field(ge=1)
     reason: str = Field("", max_length=2000)
+    no_check: bool = NO_CHECK
 
 
 class RollbackBody(BaseModel):
     alias: str = Field("production", pattern=r"^[a-z][a-z0-9_-]*$", max_length=100)
+    reason: str = Field("", max_length=2000)
+    no_check: bool = NO_CHECK
+
+
+class ArchiveBody(BaseModel):
     reason: str = Field("", max_length=2000)
 
 
@@ -75,7 +91,13 @@ async def history(
 @router.put("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Point an alias at a version")
 async def promote(name: str, alias: str, body: PromoteBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
     move: AliasMove = await manager.call(
-        manager.registry.promote, name=name, version=body.version, alias=alias, actor=actor, reason=body.reason
+        manager.registry.promote,
+        name=name,
+        version=body.version,
+        alias=alias,
+        actor=actor,
+        reason=body.reason,
+        check=not body.no_check,
     )
     return await _after_move(manager, name, move)
 
@@ -97,7 +119,7 @@ async def remove_alias(
 @router.post("/rollback", response_model=MoveResult, responses=AUTH_ERRORS, summary="Move an alias back")
 async def rollback(name: str, body: RollbackBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
     move: AliasMove = await manager.call(
-        manager.registry.rollback, name=name, alias=body.alias, actor=actor, reason=body.reason
+        manager.registry.rollback, name=name, alias=body.alias, actor=actor, reason=body.reason, check=not body.no_check
     )
     return await _after_move(manager, name, move)
 
@@ -105,6 +127,11 @@ async def rollback(name: str, body: RollbackBody, manager: ManagerDep, actor: Ad
 @router.post(
     "/versions/{version}/archive", response_model=VersionInfo, responses=AUTH_ERRORS, summary="Archive a version"
 )
-async def archive(name: str, version: int, manager: ManagerDep, actor: AdminDep) -> VersionInfo:
-    info: VersionInfo = await manager.call(manager.registry.archive, name=name, version=version)
+async def archive(
+    name: str, version: int, manager: ManagerDep, actor: AdminDep, body: ArchiveBody | None = None
+) -> VersionInfo:
+    reason = body.reason if body is not None else ""
+    info: VersionInfo = await manager.call(
+        manager.registry.archive, name=name, version=version, actor=actor, reason=reason
+    )
     return info

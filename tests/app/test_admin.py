@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from app.main import create_app
 from tests.app.conftest import running, settings_for
 from tests.conftest import Backend
 from tests.images import solid
+from tests.onnx_models import color_classifier, color_metadata
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-abcdefghijkl"
@@ -87,7 +89,9 @@ async def test_promote_swap_rollback_cycle_over_http(served_backend: Backend) ->
 
         r = await client.delete("/v1/models/colors/aliases/staging?reason=done", headers=auth(BOB))
         assert r.status_code == 200
-        r = await client.post("/v1/models/colors/versions/2/archive", headers=auth(BOB))
+        r = await client.post(
+            "/v1/models/colors/versions/2/archive", json={"reason": "green for red"}, headers=auth(BOB)
+        )
         assert (r.status_code, r.json()["status"]) == (200, "archived")
         r = await client.put("/v1/models/colors/aliases/production", json={"version": 2}, headers=auth(ALICE))
         assert r.status_code == 409
@@ -104,10 +108,11 @@ async def test_promote_swap_rollback_cycle_over_http(served_backend: Backend) ->
         timeout=60,
     )
     history = [(h["alias"], h["action"], h["to_version"], h["actor"], h["reason"]) for h in json.loads(proc.stdout)]
-    assert history[-3:] == [
+    assert history[-4:] == [
         ("production", "promote", 2, "alice", "canary ok"),
         ("production", "rollback", 1, "bob", "errors up"),
         ("staging", "remove", None, "bob", "done"),
+        (None, "archive", None, "bob", "green for red"),  # the archive names its actor too
     ]
 
 
@@ -116,3 +121,31 @@ def test_malformed_token_setting_fails_at_start(served_backend: Backend) -> None
         create_app(settings_for(served_backend, admin_tokens=SecretStr("just-a-token")))
     with pytest.raises(ValueError, match="shorter than 16"):
         create_app(settings_for(served_backend, admin_tokens=SecretStr("ops:short")))
+
+
+async def test_promotion_over_http_checks_the_target_and_no_check_is_recorded(
+    served_backend: Backend, tmp_path: Path
+) -> None:
+    with served_backend.registry() as reg:
+        info = reg.register(
+            name="colors", onnx_path=color_classifier(tmp_path / "v3.onnx", gain=5.0), metadata=color_metadata()
+        )
+        reg.store.path_for(info.sha256).unlink()
+    settings = settings_for(served_backend, admin_tokens=TOKENS, poll_interval_s=3600)
+    async with running(create_app(settings)) as client:
+        r = await client.put("/v1/models/colors/aliases/production", json={"version": 3}, headers=auth(ALICE))
+        assert r.status_code == 409
+        assert "colors v3 cannot be served" in r.json()["error"]
+        assert "missing from the store" in r.json()["error"]
+        assert await served_version(client) == (1, "red")
+
+        r = await client.put(
+            "/v1/models/colors/aliases/production",
+            json={"version": 3, "reason": "incident 7", "no_check": True},
+            headers=auth(ALICE),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["move"]["checked"] is False
+        assert r.json()["serving_version"] == 1  # this server still cannot load it and keeps v1
+        assert "colors v3 failed to load" in r.json()["load_error"]
+        assert await served_version(client) == (1, "red")

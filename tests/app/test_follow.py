@@ -102,7 +102,7 @@ async def test_a_broken_version_is_never_swapped_in(served_backend: Backend, tmp
             expected = "cannot load the graph"
     async with running(create_app(settings_for(served_backend))) as client:
         with served_backend.registry() as reg:
-            reg.promote(name="colors", version=info.version)
+            reg.promote(name="colors", version=info.version, check=False)  # promotion would refuse it
 
         async def failure_reported() -> bool:
             model = (await client.get("/v1/models/colors")).json()
@@ -177,3 +177,53 @@ async def test_database_outage_keeps_serving_and_recovers(postgres: PostgresServ
 
         await wait_until(recovered)
     admin.dispose()
+
+
+@pytest.mark.parametrize("breakage", ["corrupt", "missing"])
+async def test_a_fresh_server_falls_back_when_the_promoted_version_became_unloadable(
+    served_backend: Backend, tmp_path: Path, breakage: str
+) -> None:
+    """v3 passed its check when promoted, then its blob went bad. Running servers keep what they
+    serve; a fresh one serves the newest earlier version of the alias, ready, and says why."""
+    with served_backend.registry() as reg:
+        info = reg.register(
+            name="colors", onnx_path=color_classifier(tmp_path / "v3.onnx", gain=5.0), metadata=color_metadata()
+        )
+        reg.promote(name="colors", version=info.version)
+        blob = reg.store.path_for(info.sha256)
+        if breakage == "corrupt":
+            blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+        else:
+            blob.unlink()
+    async with running(create_app(settings_for(served_backend))) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        colors = ready.json()["models"]["colors"]
+        assert colors["version"] == 1
+        assert "colors v3 failed to load" in colors["error"]
+        assert "serving v1 instead, the newest earlier version of 'production' that loads" in colors["error"]
+        assert await predict_red(client) == (1, "red")
+        model = (await client.get("/v1/models/colors")).json()
+        assert (model["serving_version"], model["aliases"]["production"]) == (1, 3)
+
+        # Ops roll the alias back to what is served: the error goes with its cause.
+        with served_backend.registry() as reg:
+            reg.rollback(name="colors")
+
+        async def error_cleared() -> bool:
+            return (await client.get("/readyz")).json()["models"]["colors"]["error"] is None
+
+        await wait_until(error_cleared)
+
+
+async def test_a_fresh_server_with_nothing_to_fall_back_to_stays_unready_and_says_why(
+    served_backend: Backend,
+) -> None:
+    with served_backend.registry() as reg:
+        reg.store.path_for(reg.get_version("pets", 1).sha256).unlink()
+    async with running(create_app(settings_for(served_backend))) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert "pets v1 failed to load" in ready.json()["models"]["pets"]["error"]
+        assert "missing from the store" in ready.json()["models"]["pets"]["error"]
+        assert ready.json()["models"]["colors"]["version"] == 1  # the other model is unaffected
