@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class _Run:
 class _Pending:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
 
 
 class Batcher:
@@ -76,6 +76,7 @@ class Batcher:
         can_grow: Callable[[int], bool] | None = None,
         max_concurrent_batches: int = 1,
         name: str = "batcher",
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``can_grow(queued_requests)`` says whether another request may still join the batch;
         when it says no, the batch goes at once instead of waiting out the delay for nobody.
@@ -86,7 +87,9 @@ class Batcher:
         ends, with no turn of the event loop in between; with more threads, beside it. A partial
         batch still waits for a free model.
 
-        ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close."""
+        ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close.
+
+        ``clock`` (seconds) times the delay and the statistics; tests pass a fake one."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_batch_delay_s < 0:
@@ -104,6 +107,7 @@ class Batcher:
         self._owns_executor = executor is None
         self._on_batch = on_batch
         self._can_grow = can_grow
+        self._clock = clock
         self.name = name
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -136,7 +140,7 @@ class Batcher:
         if self._queued_rows + count > self.max_queue_rows:
             raise QueueFullError(f"{self.name}: {self._queued_rows} rows queued, limit {self.max_queue_rows}")
         future: asyncio.Future[np.ndarray] = self._loop.create_future()
-        self._queue.append(_Pending(rows, future))
+        self._queue.append(_Pending(rows, future, self._clock()))
         self._queued_rows += count
         self._schedule()
         return await future
@@ -194,7 +198,7 @@ class Batcher:
             return 0.0
         if self._can_grow is not None and not self._can_grow(len(self._queue)):
             return 0.0
-        return self._queue[0].enqueued + self.max_batch_delay_s - time.perf_counter()
+        return self._queue[0].enqueued + self.max_batch_delay_s - self._clock()
 
     def _dispatch(self) -> None:
         """Start every batch that is due and may start now."""
@@ -225,7 +229,7 @@ class Batcher:
         loop = self._loop
         done: asyncio.Future[None] = loop.create_future()
         self._running.add(done)
-        started = time.perf_counter()
+        started = self._clock()
         inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
         try:
             work = self._executor.submit(self._timed_run, inputs)
@@ -238,9 +242,9 @@ class Batcher:
 
     def _timed_run(self, inputs: np.ndarray) -> _Run:
         """In the executor's thread: the batch, and when it really ran (it may have waited for the thread)."""
-        began = time.perf_counter()
+        began = self._clock()
         outputs = self._run_batch(inputs)
-        return _Run(outputs, began, time.perf_counter())
+        return _Run(outputs, began, self._clock())
 
     def _finish(self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[_Run]) -> None:
         self._running.discard(done)
@@ -280,7 +284,7 @@ class Batcher:
                         rows=total,
                         requests=len(batch),
                         queue_waits=[began - item.enqueued for item in batch],
-                        inference_seconds=(ended if ended is not None else time.perf_counter()) - began,
+                        inference_seconds=(ended if ended is not None else self._clock()) - began,
                         failed=failed,
                     )
                 )

@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
             loader_executor=loader_executor,
             can_grow=inflight.others_than,
         )
-        collector = StateCollector(manager.snapshot)
+        collector = StateCollector(manager.snapshot, lambda: inflight.value)
         metrics.add_collector(collector)
         app.state.settings = settings
         app.state.admin_tokens = tokens

@@ -76,10 +76,11 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    """Gauges read at scrape time from the model manager's state."""
+    """Gauges read at scrape time from the model manager's state and the admission gate."""
 
-    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]], inflight: Callable[[], int] | None = None) -> None:
         self._snapshot = snapshot
+        self._inflight = inflight
 
     def collect(self) -> Iterable[Metric]:
         loaded = GaugeMetricFamily(
@@ -96,6 +97,12 @@ class StateCollector(Collector):
             queue.add_metric([entry["model"], version], entry["queued_rows"])
         yield loaded
         yield queue
+        if self._inflight is not None:
+            yield GaugeMetricFamily(
+                "http_inference_requests_in_flight",
+                "Inference requests admitted and not yet answered (their bodies may still be arriving)",
+                value=self._inflight(),
+            )
 
 
 class HttpMetricsMiddleware:

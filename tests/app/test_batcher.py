@@ -1,4 +1,7 @@
-"""The dynamic batcher, deterministically: no model, a function that records its batches."""
+"""The dynamic batcher, deterministically: no model, a function that records its batches.
+
+No test sleeps to let something happen: each waits for the state it needs (`until`), and
+a "still waiting" check uses `asyncio.wait(..., timeout=0.1)`, which cannot fail by being slow."""
 
 from __future__ import annotations
 
@@ -15,16 +18,39 @@ from app.batcher import Batcher, BatchStats, InferenceError, QueueFullError
 LONG = 60.0  # a deadline no test reaches: flushes must be size-triggered
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait, on the event loop, until ``condition()`` holds (the timeout only guards against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
+
+
+class FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Recorder:
     """Echoes each row's id back (times 10) and records batch sizes; can be held or made to fail."""
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.started = 0  # batches that reached the function (and may be held at the gate)
         self.gate = threading.Event()
         self.gate.set()
         self.fail_next = False
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.started += 1
         self.gate.wait(10)
         self.batches.append(batch[:, 0].tolist())
         if self.fail_next:
@@ -97,7 +123,7 @@ async def test_a_batch_never_exceeds_max_rows_and_requests_are_not_split(executo
     rec.gate.clear()  # hold the first batch so the rest queue up behind it
     b = await make(rec, executor, max_batch_size=4, max_batch_delay_s=LONG)
     futures = [asyncio.ensure_future(b.submit(rows(i, i))) for i in range(0, 12, 2)]
-    await asyncio.sleep(0.05)
+    await until(lambda: rec.started == 1 and b.queued_rows == 8)  # one batch held, the rest queued
     rec.gate.set()
     await b.close()
     await asyncio.gather(*futures)
@@ -131,7 +157,7 @@ async def test_queue_bound_rejects_at_once_and_every_accepted_request_is_answere
     rec.gate.clear()
     b = await make(rec, executor, max_batch_size=2, max_batch_delay_s=0, max_queue_rows=4)
     first = asyncio.ensure_future(b.submit(rows(0, 1)))  # taken by the worker, held at the gate
-    await asyncio.sleep(0.05)
+    await until(lambda: rec.started == 1)
     accepted = [asyncio.ensure_future(b.submit(rows(i))) for i in range(2, 6)]
     await asyncio.sleep(0)
     with pytest.raises(QueueFullError, match="limit 4"):
@@ -149,7 +175,7 @@ async def test_cancelled_caller_is_dropped_from_its_batch(executor) -> None:
     await asyncio.sleep(0)
     gone.cancel()
     stays = asyncio.ensure_future(b.submit(rows(2)))
-    await asyncio.sleep(0.05)
+    await until(lambda: b.queued_rows == 2)  # the cancelled row is still queued beside it
     await b.close()
     assert (await stays).tolist() == [[20]]
     assert rec.batches == [[2]]
@@ -250,7 +276,7 @@ async def test_at_most_max_concurrent_batches_run_at_once(concurrent: int) -> No
     b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=0, max_concurrent_batches=concurrent)
     b.start()
     pending = [asyncio.ensure_future(b.submit(rows(i, i))) for i in range(8)]  # each a full batch
-    await asyncio.sleep(0.2)
+    await until(lambda: rec.running == concurrent)
     assert rec.running == concurrent  # the rest wait in the queue for a free slot
     assert b.queued_rows == 2 * (8 - concurrent)
     rec.gate.set()
@@ -266,10 +292,10 @@ async def test_close_waits_for_batches_still_running(executor) -> None:
     b = Batcher(rec, executor=executor, max_batch_size=1, max_batch_delay_s=0, max_concurrent_batches=2)
     b.start()
     pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(2)]
-    await asyncio.sleep(0.1)
+    await until(lambda: rec.running == 2)
     closing = asyncio.ensure_future(b.close())
-    await asyncio.sleep(0.1)
-    assert not closing.done()  # both batches are still held
+    done, _ = await asyncio.wait({closing}, timeout=0.1)
+    assert not done  # both batches are still held
     rec.gate.set()
     await asyncio.wait_for(closing, 5)
     assert [r.tolist() for r in await asyncio.gather(*pending)] == [[[0]], [[10]]]
@@ -280,10 +306,10 @@ async def test_a_partial_batch_waits_for_the_running_one_and_grows(executor) -> 
     b = Batcher(rec, executor=executor, max_batch_size=4, max_batch_delay_s=0, max_concurrent_batches=2)
     b.start()
     first = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.1)
-    assert rec.running == 1
+    await until(lambda: rec.running == 1)
     later = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
-    await asyncio.sleep(0.1)
+    done, _ = await asyncio.wait(set(later), timeout=0.1)
+    assert not done
     assert rec.running == 1  # two rows would not fill a batch: they wait rather than run beside it
     assert b.queued_rows == 2
     rec.gate.set()
@@ -319,9 +345,9 @@ async def test_the_next_batch_starts_before_the_finished_batchs_callers_resume()
         seen_on_resume.append(list(pool.handed))
 
     first = [asyncio.ensure_future(caller(i)) for i in (0, 1)]
-    await asyncio.sleep(0.05)  # the first batch is in the pool, held at the gate
+    await until(lambda: rec.started == 1)  # the first batch is in the pool, held at the gate
     second = [asyncio.ensure_future(caller(i)) for i in (2, 3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: b.queued_rows == 2)
     assert pool.handed == [2]  # one batch at a time: the second waits for the model
     rec.gate.set()
     await asyncio.wait_for(asyncio.gather(*first, *second), 5)
@@ -340,7 +366,7 @@ async def test_with_one_thread_the_next_full_batch_runs_without_a_turn_of_the_ev
     b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=LONG, max_concurrent_batches=2)
     b.start()
     pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(4)]
-    await asyncio.sleep(0.05)
+    await until(lambda: rec.started == 1 and b.queued_rows == 0)
     assert pool.handed == [2, 2]  # both batches are with the pool, the second behind the held first
     rec.gate.set()
     deadline = time.monotonic() + 5
@@ -355,22 +381,38 @@ async def test_with_one_thread_the_next_full_batch_runs_without_a_turn_of_the_ev
 
 async def test_a_batch_waiting_for_the_thread_counts_as_queue_wait_not_inference() -> None:
     seen: list[BatchStats] = []
+    clock = FakeClock()
+    gate = threading.Event()
+    calls = 0
 
-    def slow(batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.2)
+    def one_second_model(batch: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        gate.wait(10)  # held until both batches are with the pool
+        clock.advance(1.0)
         return batch
 
     pool = ThreadPoolExecutor(1)
     b = Batcher(
-        slow, executor=pool, max_batch_size=2, max_batch_delay_s=LONG, max_concurrent_batches=2, on_batch=seen.append
+        one_second_model,
+        executor=pool,
+        max_batch_size=2,
+        max_batch_delay_s=LONG,
+        max_concurrent_batches=2,
+        on_batch=seen.append,
+        clock=clock,
     )
     b.start()
-    await asyncio.wait_for(asyncio.gather(*(b.submit(rows(i)) for i in range(4))), 5)
+    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(4)]
+    await until(lambda: calls == 1 and b.queued_rows == 0)  # the second batch waits for the thread
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*pending), 5)
     await b.close()
     pool.shutdown()
     assert [s.rows for s in seen] == [2, 2]
-    assert all(0.19 <= s.inference_seconds < 0.35 for s in seen)  # the model's time only
-    assert min(seen[1].queue_waits) >= 0.15  # the second batch waited for the first to finish
+    assert [s.inference_seconds for s in seen] == [1.0, 1.0]  # the model's time only
+    assert seen[0].queue_waits == [0.0, 0.0]
+    assert seen[1].queue_waits == [1.0, 1.0]  # the second batch waited in the thread for the first
 
 
 async def test_without_an_executor_the_batcher_runs_its_own() -> None:
