@@ -10,6 +10,9 @@
 # SERVE_REQUIRE_GPU is on: a host without a usable GPU fails at start instead of
 # serving on CPU unnoticed.
 # Build from the repository root:  docker build -f docker/api-gpu.Dockerfile -t imgserve-api-gpu .
+# Dependencies come from requirements/gpu.txt (exact versions with hashes for Ubuntu 24.04's
+# Python 3.12, written by scripts/lock.sh) in a layer of their own, before the source.
+# On the CUDA 12 variant, lock that onnxruntime-gpu version instead (scripts/lock.sh).
 
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG ORT_GPU_VERSION=1.31.1
@@ -22,11 +25,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY requirements/gpu.txt ./requirements/gpu.txt
+RUN pip install --require-hashes -r requirements/gpu.txt \
+    && pip show onnxruntime-gpu | grep -qx "Version: ${ORT_GPU_VERSION}"
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py
-RUN pip install ".[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}"
+RUN pip install --no-deps ".[gpu]"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

@@ -1,16 +1,20 @@
 # The CPU server image: only the `serve` extra (ONNX Runtime, FastAPI) — never TensorFlow.
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t imgserve-api .
+# Dependencies come from requirements/serve.txt (exact versions with hashes, written by
+# scripts/lock.sh) in a layer of their own, so a source change reinstalls nothing.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY requirements/serve.txt ./requirements/serve.txt
+RUN pip install --require-hashes -r requirements/serve.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py
-RUN pip install ".[serve]"
+RUN pip install --no-deps ".[serve]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

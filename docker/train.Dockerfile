@@ -1,6 +1,7 @@
 # The training job image. TensorFlow CPU by default; for NVIDIA GPUs build with
 #   docker build -f docker/train.Dockerfile --build-arg TRAIN_EXTRA=train-gpu -t imgserve-train-gpu .
-# Build from the repository root.
+# Build from the repository root. Dependencies come from requirements/$TRAIN_EXTRA.txt (exact
+# versions with hashes, written by scripts/lock.sh) in a layer of their own, before the source.
 
 ARG TRAIN_EXTRA=train
 
@@ -10,11 +11,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY requirements/${TRAIN_EXTRA}.txt ./requirements/
+RUN pip install --require-hashes -r "requirements/${TRAIN_EXTRA}.txt"
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training ./training
-RUN pip install ".[${TRAIN_EXTRA}]"
+RUN pip install --no-deps ".[${TRAIN_EXTRA}]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -8,7 +8,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[serve,train,dev]'
+# Exact versions with hashes (scripts/lock.sh writes them), then the project itself.
+.venv/bin/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+.venv/bin/python -m pip install --quiet --no-deps -e .
 
 echo "== ruff"
 .venv/bin/ruff check .

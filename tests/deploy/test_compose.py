@@ -48,12 +48,31 @@ def docker_compose() -> str:
     return found
 
 
-@pytest.mark.parametrize("profile", PROFILES, ids=[p or "default" for p in PROFILES])
-def test_compose_config_validates(profile: str) -> None:
-    args = [docker_compose(), "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE)]
-    if profile:
+EDITED = {"POSTGRES_PASSWORD": "p@ss/word:with#odd?chars", "SERVE_ADMIN_TOKENS": "ops:0123456789abcdef0123"}
+
+
+def edited_env_file(tmp_path: Path) -> Path:
+    """docker/.env as a user makes it: the example with the password and the token set."""
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        key = line.partition("=")[0].strip()
+        lines.append(f"{key}={EDITED[key]}" if key in EDITED and not line.lstrip().startswith("#") else line)
+    path = tmp_path / ".env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def compose_config(env_file: Path, *profiles: str) -> subprocess.CompletedProcess[str]:
+    args = [docker_compose(), "-f", str(COMPOSE), "--env-file", str(env_file)]
+    for profile in profiles:
         args += ["--profile", profile]
-    proc = subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60)
+    environ = {k: v for k, v in os.environ.items() if k not in EDITED}
+    return subprocess.run([*args, "config"], capture_output=True, text=True, timeout=60, env=environ)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p or "default" for p in PROFILES])
+def test_compose_config_validates(profile: str, tmp_path: Path) -> None:
+    proc = compose_config(edited_env_file(tmp_path), *([profile] if profile else []))
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     # Always on: the database, its migrations and the CPU API; the rest only under their profile.
@@ -63,6 +82,58 @@ def test_compose_config_validates(profile: str) -> None:
     assert profiles == {"api-gpu": ["gpu"], "trainer": ["train"], "prometheus": ["monitoring"]}
     # Values come from .env.example: nothing left unresolved.
     assert re.search(r"(?<!\$)\$\{", proc.stdout) is None  # $${...} is the container shell's, not compose's
+    for name, service in services.items():  # every service is bounded and its logs rotate
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("cpus") and limits.get("memory"), f"{name} has no resource limits"
+        assert service["logging"]["options"] == {"max-size": "10m", "max-file": "3"}, name
+
+
+def test_the_unedited_example_env_does_not_work(tmp_path: Path) -> None:
+    proc = compose_config(ENV_EXAMPLE)
+    assert proc.returncode != 0
+    assert "set POSTGRES_PASSWORD in docker/.env" in proc.stderr
+    token = env_example()["SERVE_ADMIN_TOKENS"]
+    with pytest.raises(ValueError, match="placeholder from an example file"):
+        create_app(Settings(admin_tokens=SecretStr(token)))
+    # As ops would see it: one line, exit status 2, no traceback.
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--port", "1"],
+        env={**os.environ, "SERVE_ADMIN_TOKENS": token},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("imgserve: SERVE_ADMIN_TOKENS: the token for 'ops'")
+
+
+def test_a_password_with_url_characters_reaches_the_database_intact(tmp_path: Path) -> None:
+    """The password is not pasted into the URL, so `@`, `/`, `:` and `#` need no encoding."""
+    from sqlalchemy.engine import make_url
+
+    proc = compose_config(edited_env_file(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    env = yaml.safe_load(proc.stdout)["services"]["migrate"]["environment"]
+    settings = RegistrySettings(
+        database_url=env["REGISTRY_DATABASE_URL"], database_password=env["REGISTRY_DATABASE_PASSWORD"]
+    )
+    from registry.db import create_registry_engine
+
+    engine = create_registry_engine(settings.database_url, password=settings.database_password.get_secret_value())
+    url = make_url(engine.url)
+    assert (url.host, url.port, url.username, url.database) == ("db", 5432, "imgserve", "registry")
+    assert url.password == EDITED["POSTGRES_PASSWORD"]
+    engine.dispose()
+
+
+def test_database_healthcheck_uses_tcp_and_migrate_retries() -> None:
+    services = compose()["services"]
+    check = " ".join(services["db"]["healthcheck"]["test"])
+    assert "pg_isready -h 127.0.0.1" in check
+    command = services["migrate"]["command"]
+    assert command[:3] == ["registry", "db", "upgrade"] and "--wait" in command
 
 
 def _setting_exists(key: str) -> bool:
@@ -102,10 +173,11 @@ def test_api_settings_load_from_the_compose_environment(monkeypatch: pytest.Monk
     assert settings.port == 8000
     assert settings.host == "0.0.0.0"
     assert settings.batching.max_batch_size == int(example["SERVE_BATCHING__MAX_BATCH_SIZE"])
-    assert settings.registry.database_url.startswith("postgresql+psycopg://imgserve:")
+    assert settings.registry.database_url == "postgresql+psycopg://imgserve@db:5432/registry"
     assert settings.registry.artifacts_dir == Path("/data/artifacts")
     assert isinstance(settings.admin_tokens, SecretStr)
-    create_app(settings)  # the example tokens are well-formed
+    with pytest.raises(ValueError, match="placeholder"):  # well-formed, but the example's: refused
+        create_app(settings)
 
 
 def test_ports_and_healthchecks_line_up() -> None:
@@ -141,7 +213,7 @@ def test_trainer_and_api_share_the_artifact_volume() -> None:
     assert mount("api") == ("artifacts", "/data/artifacts", True)
     assert mount("api-gpu") == ("artifacts", "/data/artifacts", True)
     assert "artifacts" in compose()["volumes"]
-    assert services["migrate"]["command"] == ["registry", "db", "upgrade"]
+    assert services["migrate"]["command"][:3] == ["registry", "db", "upgrade"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
 
