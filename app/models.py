@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.backend import GpuUnavailableError, InferenceBackend
+from app.backend import GpuUnavailableError, InferenceBackend, release_freed_memory
 from app.batcher import Batcher
 from app.errors import BadRequestError, NotFoundError, UnavailableError
 from app.metrics import Metrics
@@ -273,9 +273,13 @@ class ModelManager:
             return
 
     def _retire_later(self, version: LoadedVersion) -> None:
-        task = asyncio.create_task(version.retire())
+        task = asyncio.create_task(self._retire(version))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, version: LoadedVersion) -> None:
+        await version.retire()
+        await self.call(release_freed_memory)  # off the loop: trimming a large heap takes a while
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking registry (or loading) call in the loader pool, off the event loop."""
