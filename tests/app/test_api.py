@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -265,7 +266,10 @@ async def test_overload_answers_503_with_retry_after(served_backend: Backend) ->
             await asyncio.sleep(0.05)
         assert entered.is_set()
         tasks += [post() for _ in range(9)]
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while sum(t.done() for t in tasks) < 6:  # three queue behind the running one; six are refused at once
+            assert time.monotonic() < deadline, "the refusals never came"
+            await asyncio.sleep(0.01)
         gate.set()
         responses = await asyncio.gather(*tasks)
         codes = sorted(r.status_code for r in responses)
@@ -343,6 +347,24 @@ asyncio.run(main())
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_help_answers_without_loading_the_server() -> None:
+    """`python -m app --help` parses its arguments before importing the server's libraries."""
+    code = (
+        "import sys\n"
+        "from app.__main__ import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'onnxruntime', 'fastapi', 'uvicorn', 'sqlalchemy', 'numpy'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: imgserve" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 async def test_requests_past_the_inflight_bound_are_shed_unread(served_backend: Backend) -> None:
     gate = threading.Event()
     settings = settings_for(served_backend, limits={"max_inflight_requests": 2})
@@ -351,7 +373,10 @@ async def test_requests_past_the_inflight_bound_are_shed_unread(served_backend: 
         held = [
             asyncio.ensure_future(client.post("/v1/models/colors/predict", files=files(solid("red")))) for _ in range(2)
         ]
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while "http_inference_requests_in_flight 2.0" not in (await client.get("/metrics")).text:
+            assert time.monotonic() < deadline, "the two held requests were never both admitted"
+            await asyncio.sleep(0.01)
         r = await client.post("/v1/models/colors/predict", files=files(solid("red")))
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1"
