@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from registry import Registry
-from registry.db import create_registry_engine, upgrade
+from registry.db import create_registry_engine, head_revision, upgrade
+from registry.orm import Base
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
@@ -40,13 +41,19 @@ class Backend:
 
 
 class PostgresServer:
-    """Creates throwaway databases, each a copy of one migrated template."""
+    """Creates throwaway databases, each a copy of one migrated template.
+
+    Tests through the `backend` fixture borrow a migrated database and give it back emptied
+    (TRUNCATE) for the next test: creating and dropping one database per test cost minutes on a
+    busy machine (each DROP DATABASE forces a checkpoint) and once timed the session out.
+    """
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = make_url(admin_url)
         self.admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         self.template = f"imgserve_tpl_{uuid.uuid4().hex[:8]}"
         self.created: list[str] = []
+        self.pool: list[str] = []
 
     def url_for(self, database: str) -> str:
         return self.admin_url.set(database=database).render_as_string(hide_password=False)
@@ -65,6 +72,42 @@ class PostgresServer:
             conn.execute(text(f'CREATE DATABASE "{name}"{template}'))
         self.created.append(name)
         return self.url_for(name)
+
+    def borrow(self) -> str:
+        """A migrated database without rows: one given back by an earlier test, else a new one."""
+        while self.pool:
+            name = self.pool.pop()
+            if self._empty(name):
+                return self.url_for(name)
+        return self.new_database()
+
+    def give_back(self, url: str) -> None:
+        name = make_url(url).database
+        assert name is not None
+        self.pool.append(name)
+
+    def _empty(self, name: str) -> bool:
+        """Close every session on ``name`` and delete its rows; False if it is no longer at head."""
+        with self.admin.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": name},
+            )
+        engine = create_engine(self.url_for(name))
+        try:
+            with engine.begin() as conn:
+                if conn.execute(text("SELECT version_num FROM alembic_version")).scalar() != head_revision():
+                    return False
+                tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            return True
+        except Exception:  # a test changed it beyond repair: leave it to be dropped
+            return False
+        finally:
+            engine.dispose()
 
     def stop(self) -> None:
         with self.admin.connect() as conn:
@@ -105,12 +148,15 @@ def _sqlite_backend(tmp_path: Path, *, migrated: bool = True) -> Backend:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A fresh, migrated registry database of each kind, with its own artifact directory."""
     if request.param == "sqlite":
-        return _sqlite_backend(tmp_path)
+        yield _sqlite_backend(tmp_path)
+        return
     server: PostgresServer = request.getfixturevalue("postgres")
-    return Backend("postgres", server.new_database(), tmp_path / "artifacts")
+    url = server.borrow()
+    yield Backend("postgres", url, tmp_path / "artifacts")
+    server.give_back(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -42,6 +42,8 @@ def tcp_forwarder(port: int, target: tuple[str, int]) -> Iterator[None]:
     try:
         yield
     finally:
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone would leave blocked
         listener.close()
         for sock in connections:
             sock.close()
