@@ -136,6 +136,7 @@ class ModelManager:
         self._poll_task: asyncio.Task[None] | None = None
         self.last_poll_error: str | None = None
         self.started = False
+        self.synced = False  # the registry has answered at least once: `states` names what is served
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class ModelManager:
                 continue  # an alias removed under a serving model: keep serving, do not go dark
             await self._ensure(state, target)
         self.last_poll_error = None
+        self.synced = True
 
     async def _ensure(self, state: ModelState, target: int) -> None:
         async with state.lock:
@@ -340,11 +342,7 @@ class ModelManager:
 
     async def _resolve(self, name: str, version: int | None, alias: str | None) -> LoadedVersion:
         if version is None and (alias is None or alias == self.settings.alias):
-            state = self.states.get(name)
-            if state is None:
-                raise NotFoundError(
-                    f"model {name!r} is not served (served: {', '.join(sorted(self.states)) or 'none'})"
-                )
+            state = self.served_state(name)
             if state.current is None:
                 raise UnavailableError(
                     f"model {name!r} is not loaded yet: {state.last_error or 'loading'}", headers={"Retry-After": "2"}
@@ -353,9 +351,9 @@ class ModelManager:
         if alias is not None:
             version = await self._resolve_alias(name, alias)
         assert version is not None
-        state = self.states.get(name)
-        if state is not None and state.current is not None and state.current.version == version:
-            return state.current
+        served = self.states.get(name)
+        if served is not None and served.current is not None and served.current.version == version:
+            return served.current
         key = (name, version)
         if key in self.pinned:
             self.pinned.move_to_end(key)
@@ -384,6 +382,31 @@ class ModelManager:
             _, evicted = self.pinned.popitem(last=False)
             self._retire_later(evicted)
         return loaded
+
+    def served_state(self, name: str) -> ModelState:
+        """The state of a served model: 404 if it is not served, 503 while the registry has never
+        answered (what is served is not known yet)."""
+        state = self.states.get(name)
+        if state is not None:
+            return state
+        if not self.synced:
+            reason = self.last_poll_error or "starting"
+            raise UnavailableError(
+                f"model {name!r} is not known yet: the registry has not answered ({reason})",
+                headers={"Retry-After": "2"},
+            )
+        raise NotFoundError(f"model {name!r} is not served (served: {', '.join(sorted(self.states)) or 'none'})")
+
+    def why_not_loadable(self, name: str, version: int) -> str | None:
+        """Why a request for ``name`` v``version`` (not loaded here) would be refused now; None if it
+        would be loaded and served."""
+        if self.settings.pinned_cache_size == 0:
+            return f"{name} v{version} is not loaded, and loading versions on demand is off (SERVE_PINNED_CACHE_SIZE=0)"
+        state = self.states.get(name)
+        failed_at = state.failed.get(version) if state is not None else None
+        if failed_at is not None and time.monotonic() - failed_at < self.settings.load_retry_s:
+            return f"{name} v{version} failed to load: {state.last_error if state else ''}".rstrip(": ")
+        return None
 
     def default_model(self) -> str:
         if self.settings.default_model:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
-from typing import Any
+import zlib
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from app.errors import BadRequestError
+from app.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaError
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -36,9 +38,14 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
+# A dimension past this is no image batch a client can mean; refusing it keeps products exact.
+MAX_DIMENSION = 2**31 - 1
+Dimension = Annotated[int, Field(ge=0, le=MAX_DIMENSION)]
+
+
 class RequestInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[Dimension] = Field(max_length=8)
     datatype: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     data: Any = None
@@ -52,7 +59,7 @@ class RequestOutput(BaseModel):
 class InferenceRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[RequestInput]
+    inputs: list[RequestInput] = Field(min_length=1, description="one tensor: UINT8 [N, H, W, 3] or BYTES [N]")
     outputs: list[RequestOutput] | None = None
 
 
@@ -76,6 +83,7 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+    parameters: dict[str, Any] | None = None
 
 
 class ModelMetadata(BaseModel):
@@ -112,8 +120,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
         raw = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"request header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("request header is nested too deeply") from None
     try:
         request = InferenceRequest.model_validate(raw)
+    except RecursionError:
+        raise BadRequestError("request header is nested too deeply") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -136,9 +148,37 @@ def take_binary(tensor: RequestInput, binary: bytes, offset: int) -> tuple[bytes
     return binary[offset : offset + size], offset + size
 
 
+def decode_content(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+    """The body without its Content-Encoding (gzip or deflate, as tritonclient compresses requests),
+    at most ``limit`` bytes once inflated: a compression bomb is refused, not expanded."""
+    coding = (encoding or "identity").strip().lower()
+    if coding in ("identity", ""):
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedMediaError(f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none")
+    # gzip framing; deflate as HTTP means zlib framing, though some clients send raw deflate.
+    attempts = [31] if coding != "deflate" else [15, -15]
+    for wbits in attempts:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise PayloadTooLargeError(f"the request body inflates past the limit of {limit} bytes")
+        if not inflater.eof or inflater.unused_data:
+            raise BadRequestError(f"the {coding} request body is truncated or has trailing bytes")
+        return out
+    raise BadRequestError(f"the request body is not valid {coding} data")
+
+
+def element_count(tensor: RequestInput) -> int:
+    return math.prod(tensor.shape)  # Python integers: no overflow, whatever the dimensions
+
+
 def decode_numeric(tensor: RequestInput, raw: bytes | None) -> np.ndarray:
     dtype = DTYPES[tensor.datatype]
-    count = int(np.prod(tensor.shape)) if tensor.shape else 1
+    count = element_count(tensor)
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise BadRequestError(
@@ -150,20 +190,27 @@ def decode_numeric(tensor: RequestInput, raw: bytes | None) -> np.ndarray:
         raise BadRequestError(f"input {tensor.name!r} has neither data nor binary_data_size")
     try:
         values = np.asarray(tensor.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequestError(f"input {tensor.name!r}: data is ragged; give a flat or regular nested list") from None
     if values.size != count:
         raise BadRequestError(f"input {tensor.name!r}: shape {tensor.shape} needs {count} values, got {values.size}")
     if values.dtype.kind not in "biuf":
         raise BadRequestError(f"input {tensor.name!r}: data must be numbers for {tensor.datatype}")
-    if dtype.kind == "u" and values.size and (values.min() < 0 or values.max() > np.iinfo(dtype).max):
-        raise BadRequestError(f"input {tensor.name!r}: values out of range for {tensor.datatype}")
+    if dtype.kind in "iu" and values.dtype.kind == "f" and values.size:
+        if not np.isfinite(values).all():
+            raise BadRequestError(f"input {tensor.name!r}: NaN or infinity in {tensor.datatype} data")
+        if not (values == np.round(values)).all():
+            raise BadRequestError(f"input {tensor.name!r}: {tensor.datatype} data must be whole numbers")
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise BadRequestError(f"input {tensor.name!r}: values out of range for {tensor.datatype}")
     return values.astype(dtype).reshape(tensor.shape)
 
 
 def decode_bytes(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
     """BYTES elements: length-prefixed in binary; base64 strings in JSON (images are not text)."""
-    count = int(np.prod(tensor.shape)) if tensor.shape else 1
+    count = element_count(tensor)
     items: list[bytes] = []
     if raw is not None:
         offset = 0
@@ -194,9 +241,17 @@ def decode_bytes(tensor: RequestInput, raw: bytes | None) -> list[bytes]:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
+    """Nested lists, flattened in order, without recursion (a client picks the depth)."""
     out: list[Any] = []
-    for item in data:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
     return out
 
 

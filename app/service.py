@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,7 +31,15 @@ async def read_uploads(request: Request, limits: LimitSettings, fields: tuple[st
     """Image bytes from a multipart form (files in ``fields``) or a raw image body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=limits.max_images_per_request + 1, max_fields=100)
+        try:
+            form = await request.form(max_files=limits.max_images_per_request, max_fields=100)
+        except HTTPException as exc:
+            if str(exc.detail).startswith("Too many files"):
+                raise PayloadTooLargeError(
+                    f"more than {limits.max_images_per_request} files in one request, "
+                    f"the limit is {limits.max_images_per_request}"
+                ) from None
+            raise BadRequestError(f"malformed form: {exc.detail}") from None
         try:
             uploads = [item for name in fields for item in form.getlist(name)]
             files = [u for u in uploads if isinstance(u, UploadFile)]

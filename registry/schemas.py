@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Version numbers are 32-bit signed integers in the database; nothing above this exists.
+MAX_VERSION = 2**31 - 1
 
 ResizeMethod = Literal["bilinear", "nearest", "bicubic", "lanczos", "area"]
 OutputKind = Literal["softmax", "sigmoid"]

@@ -32,6 +32,7 @@ from registry.errors import (
 from registry.orm import AliasHistory, ModelVersion, RegisteredModel, VersionArtifact
 from registry.schemas import (
     ALIAS_RE,
+    MAX_VERSION,
     MODEL_NAME_RE,
     AliasMove,
     ArtifactRef,
@@ -95,7 +96,7 @@ class Reference:
             return cls(validate_model_name(name), alias=validate_alias(alias))
         if ":" in text:
             name, version = text.split(":", 1)
-            if not version.isdigit() or int(version) < 1:
+            if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= MAX_VERSION:
                 raise InvalidInputError(f"invalid version {version!r} in {text!r}: expected a positive integer")
             return cls(validate_model_name(name), version=int(version))
         return cls(validate_model_name(text))
@@ -176,6 +177,8 @@ class Registry:
         return model
 
     def _version_row(self, session: Session, model: RegisteredModel, version: int) -> ModelVersion:
+        if not 1 <= version <= MAX_VERSION:  # the database's integer would overflow
+            raise NotFoundError(f"model {model.name!r} has no version {version}")
         row = repo.get_version(session, model.id, version)
         if row is None:
             raise NotFoundError(f"model {model.name!r} has no version {version}")

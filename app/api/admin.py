@@ -7,18 +7,39 @@ other replicas follow at theirs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from app.api.deps import ManagerDep
+from app.api.params import ALIAS_PATTERN, AliasName, ModelName, VersionNumber
 from app.auth import require_admin
 from app.models import ModelManager
 from app.schemas import ErrorBody
 from registry import AliasMove, VersionInfo
+from registry.schemas import MAX_VERSION
 
-router = APIRouter(prefix="/v1/models/{name}", tags=["admin"])
+
+class AdminRoute(APIRoute):
+    """Checks the bearer token of a write before anything else: FastAPI parses and validates a
+    body before it runs dependencies, so a malformed body without a token would get 400, not 401."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if (self.methods or set()) <= {"GET", "HEAD"}:
+            return handler
+
+        async def authenticated(request: Request) -> Response:
+            await require_admin(request)
+            return await handler(request)
+
+        return authenticated
+
+
+router = APIRouter(prefix="/v1/models/{name}", tags=["admin"], route_class=AdminRoute)
 
 AdminDep = Annotated[str, Depends(require_admin)]
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -42,13 +63,13 @@ NO_CHECK = Field(
 
 
 class PromoteBody(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = Field("", max_length=2000)
     no_check: bool = NO_CHECK
 
 
 class RollbackBody(BaseModel):
-    alias: str = Field("production", pattern=r"^[a-z][a-z0-9_-]*$", max_length=100)
+    alias: str = Field("production", pattern=ALIAS_PATTERN, max_length=100)
     reason: str = Field("", max_length=2000)
     no_check: bool = NO_CHECK
 
@@ -75,21 +96,25 @@ async def _after_move(manager: ModelManager, name: str, move: AliasMove) -> Move
 
 
 @router.get("/versions", response_model=list[VersionInfo], responses=AUTH_ERRORS, summary="All registered versions")
-async def list_versions(name: str, manager: ManagerDep) -> list[VersionInfo]:
+async def list_versions(name: ModelName, manager: ManagerDep) -> list[VersionInfo]:
     versions: list[VersionInfo] = await manager.call(manager.registry.list_versions, name)
     return versions
 
 
 @router.get("/history", response_model=list[AliasMove], responses=AUTH_ERRORS, summary="Alias history, oldest first")
 async def history(
-    name: str, manager: ManagerDep, alias: Annotated[str | None, Query(max_length=100)] = None
+    name: ModelName,
+    manager: ManagerDep,
+    alias: Annotated[str | None, Query(pattern=ALIAS_PATTERN, max_length=100)] = None,
 ) -> list[AliasMove]:
     moves: list[AliasMove] = await manager.call(manager.registry.history, name, alias)
     return moves
 
 
 @router.put("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Point an alias at a version")
-async def promote(name: str, alias: str, body: PromoteBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
+async def promote(
+    name: ModelName, alias: AliasName, body: PromoteBody, manager: ManagerDep, actor: AdminDep
+) -> MoveResult:
     move: AliasMove = await manager.call(
         manager.registry.promote,
         name=name,
@@ -104,8 +129,8 @@ async def promote(name: str, alias: str, body: PromoteBody, manager: ManagerDep,
 
 @router.delete("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Remove an alias")
 async def remove_alias(
-    name: str,
-    alias: str,
+    name: ModelName,
+    alias: AliasName,
     manager: ManagerDep,
     actor: AdminDep,
     reason: Annotated[str, Query(max_length=2000)] = "",
@@ -117,7 +142,7 @@ async def remove_alias(
 
 
 @router.post("/rollback", response_model=MoveResult, responses=AUTH_ERRORS, summary="Move an alias back")
-async def rollback(name: str, body: RollbackBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
+async def rollback(name: ModelName, body: RollbackBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
     move: AliasMove = await manager.call(
         manager.registry.rollback, name=name, alias=body.alias, actor=actor, reason=body.reason, check=not body.no_check
     )
@@ -128,7 +153,7 @@ async def rollback(name: str, body: RollbackBody, manager: ManagerDep, actor: Ad
     "/versions/{version}/archive", response_model=VersionInfo, responses=AUTH_ERRORS, summary="Archive a version"
 )
 async def archive(
-    name: str, version: int, manager: ManagerDep, actor: AdminDep, body: ArchiveBody | None = None
+    name: ModelName, version: VersionNumber, manager: ManagerDep, actor: AdminDep, body: ArchiveBody | None = None
 ) -> VersionInfo:
     reason = body.reason if body is not None else ""
     info: VersionInfo = await manager.call(

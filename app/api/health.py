@@ -12,13 +12,16 @@ from app.schemas import HealthResponse
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+@router.api_route(
+    "/healthz", methods=["GET", "HEAD"], response_model=HealthResponse, summary="Liveness: the process answers"
+)
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get(
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "a served model is not loaded"}},
     summary="Readiness: every served model is loaded and warm",

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.api.deps import ManagerDep
-from app.errors import BadRequestError, NotFoundError
+from app.api.params import AliasQuery, ModelName, VersionQuery
+from app.errors import BadRequestError
 from app.models import LoadedVersion, ModelManager
 from app.schemas import ErrorBody, LegacyPrediction, LoadedVersionInfo, PredictResponse, ServedModelInfo
 from app.service import classify, json_response, rank, read_uploads
@@ -16,7 +17,10 @@ from app.service import classify, json_response, rank, read_uploads
 router = APIRouter(tags=["predict"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "not an image, truncated, empty, or a malformed request"},
+    400: {
+        "model": ErrorBody,
+        "description": "not an image, truncated, empty, or a malformed request (version and alias together)",
+    },
     404: {"model": ErrorBody, "description": "unknown model, version or alias"},
     413: {"model": ErrorBody, "description": "too many bytes, pixels or images"},
     415: {"model": ErrorBody, "description": "body is neither multipart/form-data nor an image"},
@@ -41,10 +45,6 @@ UPLOAD_BODY: dict[str, Any] = {
     }
 }
 
-VersionQuery = Annotated[int | None, Query(ge=1, description="serve this version (loaded on first use)")]
-AliasQuery = Annotated[
-    str | None, Query(pattern=r"^[a-z][a-z0-9_-]*$", max_length=100, description="serve what this alias points to")
-]
 TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to rank per image")]
 
 
@@ -56,7 +56,7 @@ TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to 
     summary="Classify one or more uploaded images",
 )
 async def predict(
-    name: str,
+    name: ModelName,
     request: Request,
     version: VersionQuery = None,
     alias: AliasQuery = None,
@@ -106,9 +106,7 @@ async def predict_legacy(request: Request) -> Response:
 
 
 def describe(manager: ModelManager, name: str) -> ServedModelInfo:
-    state = manager.states.get(name)
-    if state is None:
-        raise NotFoundError(f"model {name!r} is not served (served: {', '.join(sorted(manager.states)) or 'none'})")
+    state = manager.served_state(name)
     loaded: list[tuple[str, LoadedVersion]] = [(r, v) for r, v in manager.loaded_versions() if v.name == name]
     current = state.current
     return ServedModelInfo(
@@ -144,5 +142,5 @@ async def list_served(manager: ManagerDep) -> list[ServedModelInfo]:
     tags=["models"],
     summary="One served model: loaded versions, aliases, contract, provider",
 )
-async def get_served(name: str, manager: ManagerDep) -> ServedModelInfo:
+async def get_served(name: ModelName, manager: ManagerDep) -> ServedModelInfo:
     return describe(manager, name)

@@ -9,6 +9,7 @@ Requests share the `/v1` batcher of the version they address.
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import Executor
 from typing import Any
 
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 import app as app_package
 from app.api.deps import ManagerDep
+from app.api.params import ModelName, VersionText
 from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError, UnavailableError
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
@@ -32,6 +34,7 @@ from app.oip import (
     TensorMetadata,
     classification_strings,
     decode_bytes,
+    decode_content,
     decode_numeric,
     encode_bytes,
     parse_request,
@@ -42,10 +45,12 @@ from app.schemas import ErrorBody
 from app.service import decode_all, run_batched
 from app.settings import Settings
 from registry import VersionInfo
+from registry.schemas import MAX_VERSION
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
+VERSION_RE = re.compile(r"[0-9]{1,10}")
 # JSON headers up to this size are parsed on the event loop (a binary request's header is a few
 # hundred bytes); bigger ones carry tensor data as JSON numbers and are parsed in the decode pool.
 INLINE_JSON_BYTES = 64 * 1024
@@ -62,12 +67,14 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="imgserve", version=app_package.__version__, extensions=EXTENSIONS)
 
 
-@router.get("/health/live", summary="Server liveness")
+@router.api_route("/health/live", methods=["GET", "HEAD"], summary="Server liveness")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server readiness", responses={503: {"description": "not ready"}})
+@router.api_route(
+    "/health/ready", methods=["GET", "HEAD"], summary="Server readiness", responses={503: {"description": "not ready"}}
+)
 async def ready(manager: ManagerDep) -> JSONResponse:
     return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 503)
 
@@ -80,9 +87,7 @@ async def _target(manager: ModelManager, name: str, version: str | None) -> tupl
     """
     number = _version_number(version)
     if number is None:
-        state = manager.states.get(name)
-        if state is None:
-            raise NotFoundError(f"model {name!r} is not served")
+        state = manager.served_state(name)
         return (state.current.info, True) if state.current else (None, False)
     for _, loaded in manager.loaded_versions():
         if loaded.name == name and loaded.version == number:
@@ -96,7 +101,9 @@ async def _target(manager: ModelManager, name: str, version: str | None) -> tupl
 def _version_number(version: str | None) -> int | None:
     if version is None:
         return None
-    if not version.isdigit() or int(version) < 1:
+    # ASCII digits only: str.isdigit() also accepts superscripts (which int() refuses) and other
+    # scripts' digits (which int() reads: Arabic-Indic one would address v1).
+    if not VERSION_RE.fullmatch(version) or not 1 <= int(version) <= MAX_VERSION:
         raise NotFoundError(f"no version {version!r}: versions are positive integers")
     return int(version)
 
@@ -109,22 +116,39 @@ def _metadata(info: VersionInfo, versions: list[str]) -> ModelMetadata:
         platform="onnxruntime_onnx",
         inputs=[
             TensorMetadata(
-                name=contract.input.name, datatype="UINT8", shape=[-1, contract.input.height, contract.input.width, 3]
+                name=contract.input.name,
+                datatype="UINT8",
+                shape=[-1, contract.input.height, contract.input.width, 3],
+                # The same input also takes encoded image files, which the server decodes and resizes.
+                parameters={
+                    "alternative": {"datatype": "BYTES", "shape": [-1], "content": "encoded image files"},
+                    "image_formats": ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"],
+                },
             ),
         ],
         outputs=[TensorMetadata(name=contract.output.name, datatype="FP32", shape=[-1, len(contract.labels)])],
     )
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="Model metadata")
-async def model_metadata(name: str, manager: ManagerDep) -> ModelMetadata:
+@router.get(
+    "/models/{name}",
+    response_model=ModelMetadata,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    summary="Model metadata",
+)
+async def model_metadata(name: ModelName, manager: ManagerDep) -> ModelMetadata:
     return await _model_metadata(manager, name, None)
 
 
 @router.get(
-    "/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS, summary="Version metadata"
+    "/models/{name}/versions/{version}",
+    response_model=ModelMetadata,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    summary="Version metadata",
 )
-async def version_metadata(name: str, version: str, manager: ManagerDep) -> ModelMetadata:
+async def version_metadata(name: ModelName, version: VersionText, manager: ManagerDep) -> ModelMetadata:
     return await _model_metadata(manager, name, version)
 
 
@@ -136,19 +160,36 @@ async def _model_metadata(manager: ModelManager, name: str, version: str | None)
     return _metadata(info, [str(v.version) for v in versions if v.status == "ready"])
 
 
-@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
-async def model_ready(name: str, manager: ManagerDep) -> JSONResponse:
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "ready: an infer request for it is answered (a version not loaded yet is loaded by it)"},
+    404: {"model": ErrorBody, "description": "unknown or archived model or version"},
+    503: {"model": ErrorBody, "description": "not ready: not loaded yet, or failed to load (see Retry-After)"},
+}
+
+
+@router.get("/models/{name}/ready", responses=READY_RESPONSES, summary="Model readiness")
+async def model_ready(name: ModelName, manager: ManagerDep) -> JSONResponse:
     return await _model_ready(manager, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Version readiness")
-async def version_ready(name: str, version: str, manager: ManagerDep) -> JSONResponse:
+@router.get("/models/{name}/versions/{version}/ready", responses=READY_RESPONSES, summary="Version readiness")
+async def version_ready(name: ModelName, version: VersionText, manager: ManagerDep) -> JSONResponse:
     return await _model_ready(manager, name, version)
 
 
 async def _model_ready(manager: ModelManager, name: str, version: str | None) -> JSONResponse:
-    _, ok = await _target(manager, name, version)
-    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+    """Ready means what infer does with the same path: a loaded version, or one it would load on
+    first use (pinned versions), is ready; one that cannot be served now is a 503 saying why."""
+    info, loaded = await _target(manager, name, version)
+    if info is None:
+        state = manager.states.get(name)
+        reason = state.last_error if state is not None and state.last_error else "loading"
+        raise UnavailableError(f"model {name!r} is not loaded yet: {reason}", headers={"Retry-After": "2"})
+    if not loaded:
+        problem = manager.why_not_loadable(name, info.version)
+        if problem is not None:
+            raise UnavailableError(problem, headers={"Retry-After": "2"})
+    return JSONResponse({"name": name, "ready": True})
 
 
 INFER_BODY: dict[str, Any] = {
@@ -172,7 +213,7 @@ INFER_BODY: dict[str, Any] = {
     openapi_extra=INFER_BODY,
     summary="Inference",
 )
-async def infer(name: str, request: Request) -> Response:
+async def infer(name: ModelName, request: Request) -> Response:
     return await _infer(name, None, request)
 
 
@@ -183,7 +224,7 @@ async def infer(name: str, request: Request) -> Response:
     openapi_extra=INFER_BODY,
     summary="Inference on a given version",
 )
-async def infer_version(name: str, version: str, request: Request) -> Response:
+async def infer_version(name: ModelName, version: VersionText, request: Request) -> Response:
     return await _infer(name, version, request)
 
 
@@ -195,9 +236,12 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     metrics: Metrics = state.metrics
     executor: Executor = state.decode_executor
     loop = asyncio.get_running_loop()
-    body = await request.body()
+    body = decode_content(
+        await request.body(), request.headers.get("content-encoding"), limit=settings.limits.max_request_bytes
+    )
     header_length = request.headers.get(HEADER_LENGTH)
-    json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
+    digits = header_length is not None and header_length.isascii() and header_length.isdigit()
+    json_size = int(header_length) if digits and header_length else len(body)
     if json_size > INLINE_JSON_BYTES:  # a JSON tensor: parsing it would stall every other request
         inference, binary = await loop.run_in_executor(executor, parse_request, body, header_length)
     else:
@@ -205,7 +249,12 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     if len(inference.inputs) != 1:
         raise BadRequestError(f"expected exactly one input tensor, got {len(inference.inputs)}")
     (tensor,) = inference.inputs
-    raw, _ = take_binary(tensor, binary, 0)
+    raw, end = take_binary(tensor, binary, 0)
+    if end != len(binary):
+        raise BadRequestError(
+            f"{len(binary) - end} bytes follow the binary data of input {tensor.name!r}: "
+            "the body must end where its tensors do"
+        )
     async with manager.lease(name, version=_version_number(version)) as loaded:
         contract = loaded.info.contract
         if tensor.name != contract.input.name:

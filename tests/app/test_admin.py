@@ -149,3 +149,43 @@ async def test_promotion_over_http_checks_the_target_and_no_check_is_recorded(
         assert r.json()["serving_version"] == 1  # this server still cannot load it and keeps v1
         assert "colors v3 failed to load" in r.json()["load_error"]
         assert await served_version(client) == (1, "red")
+
+
+async def test_a_write_without_a_token_is_401_even_with_a_malformed_body(served_backend: Backend) -> None:
+    async with running(create_app(settings_for(served_backend, admin_tokens=TOKENS))) as client:
+        for method, path in (
+            ("PUT", "/v1/models/colors/aliases/production"),
+            ("POST", "/v1/models/colors/rollback"),
+            ("POST", "/v1/models/colors/versions/1/archive"),
+        ):
+            r = await client.request(method, path, content=b"{not json", headers={"content-type": "application/json"})
+            assert r.status_code == 401, (path, r.text)
+            assert "missing bearer token" in r.json()["error"]
+        # With the token, the same body is the client's mistake.
+        r = await client.put(
+            "/v1/models/colors/aliases/production",
+            content=b"{not json",
+            headers={**auth(ALICE), "content-type": "application/json"},
+        )
+        assert r.status_code == 400
+
+
+async def test_405_names_every_method_of_the_path(served_backend: Backend) -> None:
+    async with running(create_app(settings_for(served_backend, admin_tokens=TOKENS))) as client:
+        r = await client.post("/v1/models/colors/aliases/production", headers=auth(ALICE))
+        assert r.status_code == 405
+        assert r.headers["allow"] == "DELETE, PUT"
+        assert "use DELETE or PUT" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/v1/models/colors/aliases/production", {"version": 2**63}),
+        ("POST", f"/v1/models/colors/versions/{2**63}/archive", None),
+    ],
+)
+async def test_huge_version_numbers_are_client_errors(served_backend: Backend, method: str, path: str, body) -> None:
+    async with running(create_app(settings_for(served_backend, admin_tokens=TOKENS))) as client:
+        r = await client.request(method, path, json=body, headers=auth(ALICE))
+        assert r.status_code == 400, r.text

@@ -388,3 +388,44 @@ async def test_requests_past_the_inflight_bound_are_shed_unread(served_backend: 
         assert [h.status_code for h in await asyncio.gather(*held)] == [200, 200]
         assert (await client.post("/v1/models/colors/predict", files=files(solid("red")))).status_code == 200
         assert "requests_shed_overload_total 2.0" in (await client.get("/metrics")).text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", f"/v1/models/colors/predict?version={2**63}", 400),
+        ("POST", f"/v2/models/colors/versions/{2**63}/infer", 404),
+        ("GET", f"/v2/models/colors/versions/{2**63}", 404),
+        ("GET", f"/v2/models/colors/versions/{2**63}/ready", 404),
+        ("GET", "/v2/models/colors/versions/%C2%B3", 404),  # superscript three: isdigit() but not int()
+        ("POST", "/v2/models/colors/versions/%D9%A1/infer", 404),  # Arabic-Indic one: not v1
+    ],
+)
+async def test_version_numbers_that_are_not_versions_are_client_errors(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    kwargs = {"files": files(solid("red"))} if path.endswith("predict?version=" + str(2**63)) else {}
+    if path.endswith("/infer"):
+        kwargs = {"json": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["AA=="]}]}}
+    r = await client.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+
+
+async def test_more_files_than_allowed_is_413(client: httpx.AsyncClient) -> None:
+    many = [("images", (f"{i}.png", solid("red"), "image/png")) for i in range(70)]
+    r = await client.post("/v1/models/colors/predict", files=many)
+    assert r.status_code == 413
+    assert "the limit is 64" in r.json()["error"]
+
+
+async def test_a_server_started_while_the_database_is_down_answers_503_not_404(tmp_path: Path) -> None:
+    down = Backend("postgres", "postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path)
+    async with running(create_app(settings_for(down))) as client:
+        r = await client.post("/v1/models/colors/predict", files=files(solid("red")))
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "2"
+        assert "the registry has not answered" in r.json()["error"]
+        r = await client.get("/v2/models/colors/ready")
+        assert (r.status_code, list(r.json())) == (503, ["error"])
+        assert (await client.get("/v1/models/colors")).status_code == 503

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import struct
+import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +18,7 @@ from app.main import create_app
 from tests.app.conftest import running, settings_for
 from tests.conftest import Backend
 from tests.images import COLORS, solid
+from tests.onnx_models import color_classifier, color_metadata
 
 
 def pixels(*colors: str, size: int = 16) -> np.ndarray:
@@ -46,8 +50,34 @@ async def test_server_and_health_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2/health/ready")).json() == {"ready": True}
     assert (await client.get("/v2/models/colors/ready")).json() == {"name": "colors", "ready": True}
     assert (await client.get("/v2/models/colors/versions/1/ready")).status_code == 200
-    not_loaded = await client.get("/v2/models/colors/versions/2/ready")
-    assert (not_loaded.status_code, not_loaded.json()["ready"]) == (503, False)
+    # Not loaded, but infer serves it (loading it on first use): ready, as infer's answer would say.
+    on_demand = await client.get("/v2/models/colors/versions/2/ready")
+    assert (on_demand.status_code, on_demand.json()) == (200, {"name": "colors", "ready": True})
+    for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+        assert (await client.head(path)).status_code == 200, path
+
+
+async def test_version_readiness_matches_what_infer_does(served_backend: Backend) -> None:
+    with served_backend.registry() as reg:
+        reg.remove_alias(name="colors", alias="staging")
+        reg.archive(name="colors", version=2)
+    async with running(create_app(settings_for(served_backend, pinned_cache_size=0))) as client:
+        r = await client.get("/v2/models/colors/versions/2/ready")
+        assert (r.status_code, r.json()) == (404, {"error": "colors v2 is archived"})
+        r = await client.get("/v2/models/colors/versions/7/ready")
+        assert r.status_code == 404 and "has no version 7" in r.json()["error"]
+    async with running(create_app(settings_for(served_backend, pinned_cache_size=0))) as client:
+        with served_backend.registry() as reg:
+            path = color_classifier(Path(reg.store.root).parent / "v3.onnx", gain=4.0)
+            reg.register(name="colors", onnx_path=path, metadata=color_metadata())
+        r = await client.get("/v2/models/colors/versions/3/ready")
+        assert r.status_code == 503 and list(r.json()) == ["error"]  # the protocol's error shape
+        assert "on demand is off" in r.json()["error"]
+        assert r.headers["retry-after"] == "2"
+        infer = await client.post(
+            "/v2/models/colors/versions/3/infer", json={"inputs": [_uint8([1, 16, 16, 3], data=[0] * 768)]}
+        )
+        assert infer.status_code == 400  # infer refuses it too
 
 
 async def test_model_metadata(client: httpx.AsyncClient) -> None:
@@ -56,12 +86,22 @@ async def test_model_metadata(client: httpx.AsyncClient) -> None:
         "name": "colors",
         "versions": ["1", "2"],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 16, 16, 3]}],
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "UINT8",
+                "shape": [-1, 16, 16, 3],
+                "parameters": {
+                    "alternative": {"datatype": "BYTES", "shape": [-1], "content": "encoded image files"},
+                    "image_formats": ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"],
+                },
+            }
+        ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
     }
     assert (await client.get("/v2/models/colors/versions/2")).json()["name"] == "colors"
-    # Describing a version reads the registry; it does not load a session for it.
-    assert (await client.get("/v2/models/colors/versions/2/ready")).status_code == 503
+    # Describing a version, or asking whether it is ready, reads the registry; it loads nothing.
+    assert (await client.get("/v2/models/colors/versions/2/ready")).status_code == 200
     loaded = (await client.get("/v1/models/colors")).json()["loaded"]
     assert [v["version"] for v in loaded] == [1]
 
@@ -224,7 +264,63 @@ def _uint8(shape: list[int], **extra) -> dict:
 
 V2_ERRORS = [
     ("not json", {"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-    ("no inputs", {"json": {"inputs": []}}, 400, "exactly one input"),
+    ("no inputs", {"json": {"inputs": []}}, 400, "malformed inference request: inputs"),
+    (
+        "two inputs",
+        {"json": {"inputs": [_uint8([1, 16, 16, 3], data=[0] * 768)] * 2}},
+        400,
+        "exactly one input",
+    ),
+    (
+        "trailing bytes",
+        binary_request({"inputs": [_uint8([1, 16, 16, 3], parameters={"binary_data_size": 768})]}, b"\x00" * 770),
+        400,
+        "2 bytes follow the binary data",
+    ),
+    (
+        "nan",
+        {
+            "content": json.dumps({"inputs": [_uint8([1, 16, 16, 3], data=[float("nan")] * 768)]}).encode(),
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "NaN or infinity",
+    ),
+    ("fraction", {"json": {"inputs": [_uint8([1, 16, 16, 3], data=[0.5] * 768)]}}, 400, "whole numbers"),
+    ("dimension 2**64", {"json": {"inputs": [_uint8([2**64, 16, 16, 3], data=[0])]}}, 400, "shape.0"),
+    ("negative dimension", {"json": {"inputs": [_uint8([-1, 16, 16, 3], data=[0])]}}, 400, "shape.0"),
+    (
+        "unicode digit length",
+        {"content": b"{}", "headers": {"Inference-Header-Content-Length": "\u00b2".encode()}},
+        400,
+        "must be an integer",
+    ),
+    (
+        "deeply nested",
+        {"content": b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": {"content-type": "application/json"}},
+        400,
+        "nested too deeply",
+    ),
+    (
+        "nested data",
+        {
+            "content": b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": '
+            + b"[" * 900
+            + b"]" * 900
+            + b"}]}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "image",
+    ),
+    (
+        "gzip bomb",
+        {"content": gzip.compress(b" " * (11 * 1024 * 1024)), "headers": {"content-encoding": "gzip"}},
+        413,
+        "inflates past the limit",
+    ),
+    ("bad gzip", {"content": b"not gzip", "headers": {"content-encoding": "gzip"}}, 400, "not valid gzip"),
+    ("brotli", {"content": b"{}", "headers": {"content-encoding": "br"}}, 415, "unsupported Content-Encoding"),
     ("missing inputs", {"json": {"id": "x"}}, 400, "malformed inference request: inputs"),
     (
         "unknown input",
@@ -301,6 +397,20 @@ async def test_errors_use_the_protocol_shape(
     assert r.status_code == status, r.text
     assert list(r.json()) == ["error"]
     assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_request_bodies_are_accepted(client: httpx.AsyncClient, encoding: str) -> None:
+    """tritonclient's request_compression_algorithm sends gzip or deflate (zlib) bodies."""
+    body = json.dumps({"inputs": [_uint8([1, 16, 16, 3], data=pixels("green").ravel().tolist())]}).encode()
+    compressed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    r = await client.post(
+        "/v2/models/colors/infer",
+        content=compressed,
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert r.status_code == 200, r.text
+    assert np.argmax(r.json()["outputs"][0]["data"]) == 1  # green
 
 
 async def test_not_ready_is_503(backend: Backend) -> None:
