@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         from app.main import create_app
+        from app.protocol import protocol_with
 
         app = create_app(settings)
     except ValidationError as exc:
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
+        http=protocol_with(settings.limits.header_timeout_s),
+        timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
 
 

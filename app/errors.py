@@ -5,6 +5,7 @@
     ├── UnauthorizedError       401  missing or wrong admin token
     ├── ForbiddenError          403  admin API not enabled
     ├── NotFoundError           404  unknown model, version or alias
+    ├── RequestTimeoutError     408  the request body arrived too slowly
     ├── ConflictError           409  the registry refuses the change
     ├── PayloadTooLargeError    413  too many bytes, pixels or images
     ├── UnsupportedMediaError   415  a body that is neither multipart nor an image
@@ -55,6 +56,10 @@ class ForbiddenError(ApiError):
 
 class NotFoundError(ApiError):
     status_code = 404
+
+
+class RequestTimeoutError(ApiError):
+    status_code = 408
 
 
 class ConflictError(ApiError):

@@ -13,6 +13,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 DEFAULT_MAX_PIXELS = 40_000_000
+# What decoding really costs is the pixels decoded: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+# when that still covers the model's size, other formats at full size. A 40 MP 1-bit PNG is
+# 5 KB and over a second of CPU.
+DEFAULT_MAX_DECODED_PIXELS = 16_000_000
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -39,18 +43,35 @@ def decode_image(
     size: tuple[int, int],
     resize_method: str = "bilinear",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
 ) -> np.ndarray:
     """Decode, orient, convert to RGB and resize to ``size`` (height, width).
 
     JPEGs are decoded in draft mode at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that
     still covers the target size, which is most of the cost of a large photo.
     """
-    return to_array(open_image(data, max_pixels=max_pixels), size=size, resize_method=resize_method)
+    img = open_image(data, max_pixels=max_pixels, size=size, max_decoded_pixels=max_decoded_pixels)
+    return to_array(img, size=size, resize_method=resize_method)
 
 
-def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decoded_pixels(img: Image.Image) -> int:
+    """Pixels the decoder will produce for an image from `open_image` (after JPEG draft scaling)."""
+    width, height = img.size
+    return width * height
+
+
+def open_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: tuple[int, int] | None = None,
+    max_decoded_pixels: int | None = None,
+) -> Image.Image:
     """Read the header only: format and size, checked. Cheap (tens of µs) whatever the image's size;
-    `to_array` does the pixel work and closes the image."""
+    `to_array` does the pixel work and closes the image.
+
+    With ``size`` (height, width), a JPEG is set to decode at the smallest scale that covers it,
+    and ``max_decoded_pixels`` bounds what decoding will produce (ImageTooLargeError past it)."""
     if not data:
         raise ImageError("empty image: the upload has no bytes")
     # The pixel limit is checked below, right after the header is read. PIL raises on its own only
@@ -71,9 +92,21 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             raise ImageTooLargeError(f"image is {src_w}x{src_h} = {src_w * src_h} pixels, the limit is {max_pixels}")
         if src_w == 0 or src_h == 0:
             raise ImageError("image has no pixels")
+        if size is not None and img.format in ("JPEG", "MPO"):
+            side = max(size)  # EXIF rotation may swap the axes after decoding
+            img.draft("RGB", (side, side))
+        if max_decoded_pixels is not None and decoded_pixels(img) > max_decoded_pixels:
+            w, h = img.size
+            raise ImageTooLargeError(
+                f"image decodes to {w}x{h} = {w * h} pixels, the limit is {max_decoded_pixels} "
+                "(JPEGs count at the reduced scale they are decoded at)"
+            )
     except ImageError:
         img.close()
         raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        img.close()
+        raise ImageError(f"unreadable image: {exc}") from None
     return img
 
 
@@ -82,9 +115,6 @@ def to_array(img: Image.Image, *, size: tuple[int, int], resize_method: str = "b
     height, width = size
     with img:
         try:
-            if img.format in ("JPEG", "MPO"):
-                side = max(height, width)  # EXIF rotation may swap the axes after decoding
-                img.draft("RGB", (side, side))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img)

@@ -13,10 +13,10 @@ from fastapi import FastAPI
 
 from app.api import admin, health, v1, v2
 from app.auth import admin_tokens
-from app.backend import OrtBackend, choose_providers
+from app.backend import OrtBackend, choose_providers, release_freed_memory
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
-from app.limits import AdmissionMiddleware, BodyLimitMiddleware, InflightCounter
+from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
 from app.settings import Settings, get_settings
@@ -82,6 +82,11 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         inference_executor = ThreadPoolExecutor(settings.batching.inference_threads, thread_name_prefix="inference")
         loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
+
+        def trim_after_burst() -> None:  # nothing is being decoded: give the decoders' heap back
+            decode_executor.submit(release_freed_memory)
+
+        decode_budget = DecodeBudget(settings.limits.decode_capacity_pixels, on_idle=trim_after_burst)
         manager = ModelManager(
             settings=settings,
             registry=registry,
@@ -91,13 +96,14 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
             loader_executor=loader_executor,
             can_grow=inflight.others_than,
         )
-        collector = StateCollector(manager.snapshot, lambda: inflight.value)
+        collector = StateCollector(manager.snapshot, lambda: (inflight.value, inflight.receiving))
         metrics.add_collector(collector)
         app.state.settings = settings
         app.state.admin_tokens = tokens
         app.state.metrics = metrics
         app.state.manager = manager
         app.state.decode_executor = decode_executor
+        app.state.decode_budget = decode_budget
         try:
             await manager.start()
             # Everything built so far lives as long as the process: move it out of the collector's
@@ -129,7 +135,12 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     _document_v2_request(app)
     # Innermost first: the fast path runs inside the metrics, admission and body-limit layers.
     app.add_middleware(FastPathMiddleware, routes=eligible_routes([v1.router, v2.router], FAST_PATHS))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.limits.max_request_bytes,
+        timeout_s=settings.limits.body_timeout_s,
+        min_rate=settings.limits.min_body_rate,
+    )
     app.add_middleware(
         AdmissionMiddleware,
         max_inflight=settings.limits.max_inflight_requests,

@@ -78,7 +78,9 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges read at scrape time from the model manager's state and the admission gate."""
 
-    def __init__(self, snapshot: Callable[[], list[dict[str, Any]]], inflight: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, snapshot: Callable[[], list[dict[str, Any]]], inflight: Callable[[], tuple[int, int]] | None = None
+    ) -> None:
         self._snapshot = snapshot
         self._inflight = inflight
 
@@ -98,10 +100,16 @@ class StateCollector(Collector):
         yield loaded
         yield queue
         if self._inflight is not None:
+            admitted, receiving = self._inflight()
             yield GaugeMetricFamily(
                 "http_inference_requests_in_flight",
-                "Inference requests admitted and not yet answered (their bodies may still be arriving)",
-                value=self._inflight(),
+                "Inference requests whose bodies have arrived, not yet answered (they hold admission slots)",
+                value=admitted,
+            )
+            yield GaugeMetricFamily(
+                "http_inference_requests_receiving",
+                "Inference requests whose bodies are still arriving (they hold no admission slot)",
+                value=receiving,
             )
 
 

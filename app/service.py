@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +19,8 @@ from starlette.responses import Response
 
 from app.batcher import BatcherClosedError, InferenceError, QueueFullError
 from app.errors import ApiError, BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
-from app.imaging import decode_image, open_image, to_array
+from app.imaging import ImageTooLargeError, decoded_pixels, open_image, to_array
+from app.limits import DecodeBudget
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
 from app.settings import LimitSettings, Settings
@@ -69,41 +73,107 @@ def _check_count(count: int, limits: LimitSettings) -> None:
 
 
 async def decode_all(
-    blobs: list[bytes], contract: ModelContract, limits: LimitSettings, executor: Executor, *, inline_pixels: int = 0
+    blobs: list[bytes],
+    contract: ModelContract,
+    limits: LimitSettings,
+    executor: Executor,
+    *,
+    inline_pixels: int = 0,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode every image, [N, H, W, 3] uint8: in the thread pool (PIL releases the GIL while it
     decodes), except a lone image of at most ``inline_pixels``, decoded right here: for a small image
-    the hand-off to a thread and back costs the event loop more than the decoding."""
+    the hand-off to a thread and back costs the event loop more than the decoding.
+
+    Headers are read first: an image that would decode to more than `max_decoded_pixels`, or a
+    request whose images together pass `max_request_pixels`, is refused (413) before any pixel is
+    decoded; the pixels then decoded are taken from the server-wide ``budget`` (503 when spent)."""
     loop = asyncio.get_running_loop()
     size = (contract.preprocessing.size[0], contract.preprocessing.size[1])
     method = contract.preprocessing.resize_method
 
-    if len(blobs) == 1:  # the common case: no gather, and small images skip the thread hand-off
-        img = open_image(blobs[0], max_pixels=limits.max_image_pixels)  # the header only
-        if img.width * img.height <= inline_pixels:
-            return to_array(img, size=size, resize_method=method)[np.newaxis]
-        return (
-            await loop.run_in_executor(executor, functools.partial(to_array, img, size=size, resize_method=method))
-        )[np.newaxis]
-
-    def decode(index: int, data: bytes) -> np.ndarray:
+    def open_one(index: int | None, data: bytes) -> Image.Image:
         try:
-            return decode_image(data, size=size, resize_method=method, max_pixels=limits.max_image_pixels)
+            return open_image(
+                data, max_pixels=limits.max_image_pixels, size=size, max_decoded_pixels=limits.max_decoded_pixels
+            )
         except ValueError as exc:  # say which upload is broken
+            if index is None:
+                raise
             raise type(exc)(f"image {index}: {exc}") from None
 
-    def decode_chunk(start: int, stop: int) -> list[np.ndarray]:
-        return [decode(i, blobs[i]) for i in range(start, stop)]
+    if len(blobs) == 1:  # the common case: no gather, and small images skip the thread hand-off
+        img = open_one(None, blobs[0])  # the header only
+        pixels = decoded_pixels(img)
+        if pixels <= inline_pixels:
+            return to_array(img, size=size, resize_method=method)[np.newaxis]
+        with _decoding(budget, pixels, [img], limits):
+            array = await loop.run_in_executor(
+                executor, functools.partial(to_array, img, size=size, resize_method=method)
+            )
+        return array[np.newaxis]
 
-    # A few chunks, not one job per image: enough to use every core, few thread hand-offs.
-    step = -(-len(blobs) // DECODE_CHUNKS)
-    chunks = await asyncio.gather(
-        *(
-            loop.run_in_executor(executor, decode_chunk, i, min(i + step, len(blobs)))
-            for i in range(0, len(blobs), step)
+    def open_all() -> list[Image.Image]:
+        opened: list[Image.Image] = []
+        try:
+            for index, data in enumerate(blobs):
+                opened.append(open_one(index, data))
+        except BaseException:
+            _close(opened)
+            raise
+        return opened
+
+    images = await loop.run_in_executor(executor, open_all)
+
+    def decode_chunk(start: int, stop: int) -> list[np.ndarray]:
+        arrays = []
+        for index in range(start, stop):
+            try:
+                arrays.append(to_array(images[index], size=size, resize_method=method))
+            except ValueError as exc:
+                _close(images[index + 1 : stop])
+                raise type(exc)(f"image {index}: {exc}") from None
+        return arrays
+
+    with _decoding(budget, sum(decoded_pixels(img) for img in images), images, limits):
+        # A few chunks, not one job per image: enough to use every core, few thread hand-offs.
+        step = -(-len(images) // DECODE_CHUNKS)
+        chunks = await asyncio.gather(
+            *(
+                loop.run_in_executor(executor, decode_chunk, i, min(i + step, len(images)))
+                for i in range(0, len(images), step)
+            )
         )
-    )
     return np.stack([array for chunk in chunks for array in chunk])
+
+
+@contextmanager
+def _decoding(
+    budget: DecodeBudget | None, pixels: int, images: list[Image.Image], limits: LimitSettings
+) -> Iterator[None]:
+    """Check a request's pixels against its limit and take them from the server's budget meanwhile."""
+    if pixels > limits.max_request_pixels:
+        _close(images)
+        raise ImageTooLargeError(
+            f"the images of this request decode to {pixels} pixels together, the limit is {limits.max_request_pixels}"
+        )
+    if budget is None:
+        yield
+        return
+    try:
+        budget.take(pixels)
+    except UnavailableError:
+        _close(images)
+        raise
+    try:
+        yield
+    finally:
+        budget.give_back(pixels)
+
+
+def _close(images: list[Image.Image]) -> None:
+    for img in images:
+        img.close()
 
 
 async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
@@ -133,11 +203,17 @@ async def classify(
     executor: Executor,
     version: int | None = None,
     alias: str | None = None,
+    budget: DecodeBudget | None = None,
 ) -> tuple[LoadedVersion, np.ndarray]:
     """Decode ``blobs`` for the version that will serve them and run them through its batcher."""
     async with manager.lease(name, version=version, alias=alias) as loaded:
         images = await decode_all(
-            blobs, loaded.info.contract, settings.limits, executor, inline_pixels=settings.decode_inline_pixels
+            blobs,
+            loaded.info.contract,
+            settings.limits,
+            executor,
+            inline_pixels=settings.decode_inline_pixels,
+            budget=budget,
         )
         return loaded, await run_batched(loaded, images, metrics)
 

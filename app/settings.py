@@ -42,11 +42,44 @@ class BatchingSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1)
-    max_images_per_request: int = Field(64, ge=1)
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request body limit (413)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="pixels per image as its header declares them (413)")
+    max_decoded_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="pixels decoding one image may produce (413); a JPEG counts at the reduced scale it is "
+        "decoded at, so only large PNG, WebP, BMP, GIF or TIFF files reach it",
+    )
+    max_request_pixels: int = Field(
+        64_000_000, ge=1, description="decoded pixels of all the images of one request together (413)"
+    )
+    decode_capacity_pixels: int = Field(
+        256_000_000,
+        ge=1,
+        description="decoded pixels being decoded or waiting to be, server-wide; a request that would pass it "
+        "gets 503 with Retry-After instead of queueing seconds of CPU behind the others",
+    )
+    max_images_per_request: int = Field(64, ge=1, description="images per request (413)")
     max_inflight_requests: int = Field(
-        64, ge=1, description="inference requests handled at once; past it, 503 before the body is read"
+        64,
+        ge=1,
+        description="inference requests whose bodies have arrived, handled at once; past it, 503 (before the "
+        "body is read when the limit is already reached on arrival); clients still sending do not count",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection must deliver a request's headers within this many seconds of opening (or of "
+        "the request's first byte); otherwise it is closed. Bounds idle and slow-header connections",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle time between requests before a close")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must have arrived this many seconds after its headers (408)"
+    )
+    min_body_rate: int = Field(
+        1024,
+        ge=0,
+        description="bytes per second a body must average once it has been sending for 5 s (408); 0: no minimum",
     )
 
 

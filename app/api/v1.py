@@ -77,6 +77,7 @@ async def predict(
         executor=state.decode_executor,
         version=version,
         alias=alias,
+        budget=state.decode_budget,
     )
     labels = loaded.info.contract.labels
     return json_response({"model": name, "version": loaded.version, "predictions": rank(probabilities, labels, top_k)})
@@ -97,7 +98,13 @@ async def predict_legacy(request: Request) -> Response:
     manager = state.manager
     name = manager.default_model()
     loaded, probabilities = await classify(
-        manager, name, blobs, settings=state.settings, metrics=state.metrics, executor=state.decode_executor
+        manager,
+        name,
+        blobs,
+        settings=state.settings,
+        metrics=state.metrics,
+        executor=state.decode_executor,
+        budget=state.decode_budget,
     )
     (best,) = rank(probabilities, loaded.info.contract.labels, 1)
     return json_response(

@@ -286,6 +286,7 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
                 settings.limits,
                 executor,
                 inline_pixels=settings.decode_inline_pixels,
+                budget=state.decode_budget,
             )
         else:
             raise BadRequestError(

@@ -111,8 +111,8 @@ async def until(condition, timeout: float = 60.0) -> None:
 
 
 async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run: TrainedRun) -> None:
-    """Deterministic: 20 requests are admitted with half their bodies sent, SIGTERM arrives, then the
-    bodies complete. Every one must be answered 200 and the process exit cleanly."""
+    """Deterministic: 20 requests are in the server with half their bodies sent, SIGTERM arrives, then
+    the bodies complete. Every one must be answered 200 and the process exit cleanly."""
     png = register_digits_twice(backend, digits_run)
     with server_process(backend.env, log_level="info") as server:
         url = f"{server.url}/v1/models/digits/predict"
@@ -126,9 +126,9 @@ async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run:
             await release.wait()
             yield body[len(body) // 2 :]
 
-        async def in_flight(client: httpx.AsyncClient) -> float:
+        async def receiving(client: httpx.AsyncClient) -> float:
             text = (await client.get(f"{server.url}/metrics")).text
-            line = next(x for x in text.splitlines() if x.startswith("http_inference_requests_in_flight "))
+            line = next(x for x in text.splitlines() if x.startswith("http_inference_requests_receiving "))
             return float(line.split()[1])
 
         async with httpx.AsyncClient(timeout=60) as client:
@@ -136,10 +136,10 @@ async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run:
                 asyncio.ensure_future(client.post(url, content=half_then_rest(), headers=headers)) for _ in range(20)
             ]
 
-            async def all_admitted() -> bool:
-                return await in_flight(client) == 20
+            async def all_started() -> bool:  # the server has all 20, each waiting for its body
+                return await receiving(client) == 20
 
-            await until(all_admitted)
+            await until(all_started)
             server.proc.send_signal(signal.SIGTERM)
 
             async def shutting_down() -> bool:

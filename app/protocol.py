@@ -1,0 +1,74 @@
+"""uvicorn's httptools protocol with a deadline for request headers.
+
+uvicorn closes a connection that idles between requests (`timeout_keep_alive`), but not one
+that never sends a request, nor one that sends its headers a byte at a time: 1,000 such
+connections stayed open indefinitely. Here every request's headers must be complete within
+`header_timeout` seconds of the connection opening, or of the request's first byte; past it
+the connection gets a 408 and is closed.
+
+This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
+range in pyproject.toml and the hostile-client tests run against a real server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+TIMEOUT_BODY = json.dumps({"error": "request headers not received in time"}).encode()
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + b"content-length: "
+    + str(len(TIMEOUT_BODY)).encode()
+    + b"\r\n\r\n"
+    + TIMEOUT_BODY
+)
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()  # a connection that never sends a request is closed too
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # between requests, nothing is running
+            self.transport.write(TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def protocol_with(header_timeout: float) -> type[HeaderTimeoutProtocol]:
+    """The protocol class uvicorn instantiates per connection, with this deadline."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
