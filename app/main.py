@@ -50,8 +50,10 @@ def ort_backend_factory(settings: Settings) -> BackendFactory:
     return create
 
 
-def _document_v2_request(app: FastAPI) -> None:
-    """The v2 infer body is parsed by hand (it may carry binary data); publish its JSON schema anyway."""
+def _complete_openapi(app: FastAPI) -> None:
+    """What FastAPI's document leaves out or gets wrong for this API:
+    - the v2 infer body is parsed by hand (it may carry binary data): publish its JSON schema anyway;
+    - validation errors are answered 400 (`app.errors`), not FastAPI's 422: document them so."""
     from app.oip import InferenceRequest
 
     build = app.openapi
@@ -63,6 +65,16 @@ def _document_v2_request(app: FastAPI) -> None:
             spec = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(spec.pop("$defs", {}))
             components["InferenceRequest"] = spec
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None and "400" not in responses:
+                        responses["400"] = {
+                            "description": "invalid request: a parameter or the body breaks the schema",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        }
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -132,7 +144,7 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     app.include_router(v2.router)
     app.include_router(health.router)
     install_handlers(app)
-    _document_v2_request(app)
+    _complete_openapi(app)
     # Innermost first: the fast path runs inside the metrics, admission and body-limit layers.
     app.add_middleware(FastPathMiddleware, routes=eligible_routes([v1.router, v2.router], FAST_PATHS))
     app.add_middleware(

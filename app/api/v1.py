@@ -45,6 +45,22 @@ UPLOAD_BODY: dict[str, Any] = {
     }
 }
 
+LEGACY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary", "description": "the image"}},
+                    "required": ["image"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
 TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to rank per image")]
 
 
@@ -87,7 +103,7 @@ async def predict(
     "/predict",
     response_model=LegacyPrediction,
     responses=ERRORS,
-    openapi_extra=UPLOAD_BODY,
+    openapi_extra=LEGACY_BODY,
     summary="The original endpoint: form field `image`, default model",
 )
 async def predict_legacy(request: Request) -> Response:
