@@ -69,6 +69,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             X,
         ),
+        (
+            "S6 success rate beside 100 slow clients",
+            lambda: (
+                s("S6 beside slow clients", "slow")["statuses"].get("200", 0)
+                / s("S6 beside slow clients", "slow")["requests"]
+            ),
+            0.99,
+            True,
+            "",
+        ),
+        (
+            "S6 p99 beside slow clients / p99 alone",
+            lambda: s("S6 beside slow clients", "slow")["p99_ms"] / s("S6 beside slow clients", "alone")["p99_ms"],
+            2.0,
+            False,
+            X,
+        ),
         ("start to ready (s)", lambda: results["server"]["start_to_ready_s"], 3.0, False, "s"),
         ("RSS after run (MB)", lambda: results["server"]["rss_mb_after_run"], 300, False, "MB"),
     ]
@@ -132,6 +149,16 @@ def markdown(results: dict[str, Any]) -> str:
         )
         s5_p99 = _find(results, "S5 overload png raw", "server")["ok_p99_ms"]
         lines.append(line + f"; the server's accepted p99 is {s5_p99 / floor_s5:.1f}{X} the floor's")
+    except KeyError:
+        pass
+    try:
+        slow = _find(results, "S6 beside slow clients", "slow")
+        cut = slow["slow_clients"]
+        lines.append(
+            f"- S6: {cut['clients']} clients trickling request bodies (one byte every 0.5 s) beside 8 normal "
+            f"ones; the server cut {cut['cut_off']} trickling connections off during the run "
+            f"(answers: {', '.join(f'{k} x{v}' for k, v in sorted(cut['statuses'].items())) or 'none'})"
+        )
     except KeyError:
         pass
     lines += [

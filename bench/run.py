@@ -12,6 +12,8 @@ separate process on loopback (`hey`, else a Python client), and writes
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -35,11 +37,13 @@ from PIL import Image
 from app.backend import GpuUnavailableError, choose_providers
 from bench import inprocess, report
 from bench.loadgen import LoadResult, run_load
+from bench.slowclients import Tricklers
 from registry import ModelContract
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "china.jpg"  # scikit-learn's bundled 640x427 JPEG
-SCENARIOS = {"S1", "S2", "S3", "S4", "S5"}
+SCENARIOS = {"S1", "S2", "S3", "S4", "S5", "S6"}
+SLOW_CLIENTS = 100
 
 
 @dataclass
@@ -64,6 +68,7 @@ FULL = Profile(
         "s3": 300,
         "s4": 600,
         "s5": 20480,
+        "s6": 3000,
         "http": 6000,
     },
     ort_seconds=2.0,
@@ -71,7 +76,7 @@ FULL = Profile(
 )
 SMOKE = Profile(
     s1_concurrency=[1, 8, 32, 64],
-    requests={"c1": 5, "c8": 16, "c32": 32, "c64": 64, "s2": 32, "s3": 8, "s4": 8, "s5": 512, "http": 32},
+    requests={"c1": 5, "c8": 16, "c32": 32, "c64": 64, "s2": 32, "s3": 8, "s4": 8, "s5": 512, "s6": 32, "http": 32},
     ort_seconds=0.1,
     batcher_images=128,
 )
@@ -497,6 +502,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["server"] = {"start_to_ready_s": proc.ready_after_s}
         results["machine"]["provider"] = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
         run_scenarios("server", proc, server_scenarios, with_metrics=True)
+        if wanted("S6 beside slow clients"):
+            # The same normal load twice, side by side in time: alone, then with 100 clients trickling bodies.
+            for target, slow in (("alone", False), ("slow", True)):
+                with contextlib.ExitStack() as stack:
+                    tricklers = stack.enter_context(Tricklers(proc.url, path, clients=SLOW_CLIENTS)) if slow else None
+                    entry = measure(
+                        "S6 beside slow clients",
+                        target,
+                        proc,
+                        path,
+                        png,
+                        "image/png",
+                        concurrency=8,
+                        requests=r["s6"],
+                        images=1,
+                        work=work,
+                        with_metrics=True,
+                    )
+                if tricklers is not None:
+                    entry["slow_clients"] = {"clients": SLOW_CLIENTS, **dataclasses.asdict(tricklers.stats)}
+                results["scenarios"].append(entry)
         results["server"]["rss_mb_after_run"] = proc.rss_mb()
     results["targets"] = report.targets(results)
     return results

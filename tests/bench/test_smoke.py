@@ -84,5 +84,10 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
             assert s["server_cpu_cores"] >= 0, s  # /proc ticks are 10 ms: a smoke run may see none
         if s["name"] != "S5 overload png raw":
             assert s["non_200"] == 0, s
-    assert len(results["targets"]) == 11
+    slow = {s["target"]: s for s in scenarios if s["name"] == "S6 beside slow clients"}
+    assert set(slow) == {"alone", "slow"}
+    assert slow["slow"]["slow_clients"]["clients"] == 100
+    assert slow["slow"]["slow_clients"]["connections"] >= 100  # every trickler got in
+    assert "- S6: 100 clients trickling" in md
+    assert len(results["targets"]) == 13
     assert all(isinstance(t["met"], bool) and t["value"] is not None for t in results["targets"])
