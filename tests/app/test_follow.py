@@ -119,6 +119,17 @@ async def test_a_broken_version_is_never_swapped_in(served_backend: Backend, tmp
         metrics = (await client.get("/metrics")).text
         assert f'model_load_failures_total{{model="colors",version="{info.version}"}} 1.0' in metrics
 
+        # Ops roll the alias back to the version still served: the error goes with its cause.
+        with served_backend.registry() as reg:
+            reg.rollback(name="colors", reason="v3 does not load")
+
+        async def error_cleared() -> bool:
+            ready = (await client.get("/readyz")).json()["models"]["colors"]
+            model = (await client.get("/v1/models/colors")).json()
+            return ready["error"] is None and model["last_error"] is None
+
+        await wait_until(error_cleared)
+
 
 async def test_start_without_any_promoted_model_is_live_but_not_ready(backend: Backend, tmp_path: Path) -> None:
     async with running(create_app(settings_for(backend))) as client:
