@@ -222,7 +222,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in (ax_tp, ax_lat):
         ax.set_xticks([1, 8, 32, 64], ["1", "8", "32", "64"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a run without S1 (--only) has nothing to label
+            ax.legend(fontsize=7)
     m = results["machine"]
     fig.suptitle(f"{m['cores']} cores, {m['cpu_model']}, {m.get('provider', '')}", fontsize=8)
     fig.tight_layout()

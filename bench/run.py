@@ -68,7 +68,7 @@ FULL = Profile(
         "s3": 300,
         "s4": 600,
         "s5": 20480,
-        "s6": 3000,
+        "s6": 12000,  # ~10 s: long enough that the server cuts tricklers off (after 5 s) mid-run
         "http": 6000,
     },
     ort_seconds=2.0,
@@ -507,6 +507,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for target, slow in (("alone", False), ("slow", True)):
                 with contextlib.ExitStack() as stack:
                     tricklers = stack.enter_context(Tricklers(proc.url, path, clients=SLOW_CLIENTS)) if slow else None
+                    if tricklers is not None:
+                        time.sleep(1.0)  # let them connect and start trickling first
                     entry = measure(
                         "S6 beside slow clients",
                         target,
