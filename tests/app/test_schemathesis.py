@@ -66,6 +66,7 @@ def test_the_served_openapi_holds_under_generated_requests(server: Server, tmp_p
         text=True,
         timeout=300,
         env={**os.environ, "NO_COLOR": "1"},
+        cwd=tmp_path,  # it keeps a cache directory where it runs
     )
     summary = proc.stdout[proc.stdout.find("SUMMARY") :]
     print(summary[-1500:])
