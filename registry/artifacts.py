@@ -1,6 +1,8 @@
-"""Content-addressed artifact store on the local filesystem (or a shared volume).
+"""Content-addressed artifact stores: the local filesystem (or a shared volume) here, an
+S3-compatible bucket in `registry.s3`; `open_store` picks one from a path or URL.
 
-A blob lives at ``<root>/sha256/<first two hex digits>/<sha256>``. Writes go to a
+Every store keeps a blob under ``sha256/<first two hex digits>/<sha256>`` and checks it
+against its name on every read. The locally stored blob lives at ``<root>/sha256/…``. Writes go to a
 temporary file in ``<root>/tmp`` on the same filesystem, are fsynced, then renamed
 into place, so a reader never sees a partial blob. Identical content is stored once.
 
@@ -21,18 +23,60 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from registry.errors import IntegrityError, NotFoundError, StorageError
+from registry.errors import IntegrityError, InvalidInputError, NotFoundError, StorageError
 
 CHUNK = 1 << 20
 UPLOAD_PREFIX = "upload-"  # locked by its writer for as long as it lives
 CREATING_PREFIX = "creating-"  # not locked yet: only for the moment between creating and locking
 
 
-class ArtifactStore:
+class ArtifactStore(Protocol):
+    """What the registry needs of a store. ``read`` always checks the bytes against their sha256."""
+
+    def describe(self) -> str: ...
+
+    def put_file(self, source: Path) -> tuple[str, int]: ...
+
+    def put_stream(self, stream: BinaryIO) -> tuple[str, int]: ...
+
+    def read(self, sha256: str, *, what: str) -> bytes: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def verify(self, sha256: str) -> str | None: ...
+
+    def iter_blobs(self) -> Iterator[str]: ...
+
+    def size_of(self, sha256: str) -> int: ...
+
+    def modified_at(self, sha256: str) -> float: ...
+
+    def delete_if_stale(self, sha256: str, *, older_than: float) -> int | None: ...
+
+    def remove_leftovers(self, *, older_than: float) -> list[str]: ...
+
+
+def open_store(location: str | Path) -> ArtifactStore:
+    """The store at ``location``: ``s3://bucket/prefix`` (any S3-compatible service, configured by the
+    standard AWS_* variables), or a local directory."""
+    text = str(location)
+    if text.startswith("s3://"):
+        from registry.s3 import S3ArtifactStore
+
+        return S3ArtifactStore(text)
+    if "://" in text and not text.startswith("file://"):
+        raise InvalidInputError(f"unsupported artifact store {text!r}: use a directory or s3://bucket/prefix")
+    return LocalArtifactStore(Path(text.removeprefix("file://")))
+
+
+class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
 
     @property
     def tmp_dir(self) -> Path:
@@ -138,6 +182,12 @@ class ArtifactStore:
     def size_of(self, sha256: str) -> int:
         return self.path_for(sha256).stat().st_size
 
+    def modified_at(self, sha256: str) -> float:
+        return self.path_for(sha256).stat().st_mtime
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
     def delete_if_stale(self, sha256: str, *, older_than: float) -> int | None:
         """Delete the blob unless it was written after ``older_than`` (a time.time()); returns its size
         if deleted.
@@ -163,13 +213,13 @@ class ArtifactStore:
         except OSError as exc:
             raise self._storage_error(f"delete blob {sha256}", exc) from None
 
-    def remove_leftovers(self, *, older_than: float) -> list[Path]:
+    def remove_leftovers(self, *, older_than: float) -> list[str]:
         """Delete what dead processes left in ``tmp/``; returns the paths removed.
 
         An upload whose lock is free has lost its writer, whatever its age. Anything else there (a
         file killed between creation and locking, a blob a killed gc had moved aside) goes once it
         is older than ``older_than`` (a time.time())."""
-        removed: list[Path] = []
+        removed: list[str] = []
         try:
             entries = list(self.tmp_dir.iterdir())
         except FileNotFoundError:
@@ -182,7 +232,7 @@ class ArtifactStore:
                     dead = entry.stat().st_mtime < older_than
                 if dead:
                     entry.unlink()
-                    removed.append(entry)
+                    removed.append(entry.name)
             except FileNotFoundError:
                 continue
             except OSError as exc:

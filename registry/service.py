@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry import repository as repo
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, open_store
 from registry.check import ContractMismatchError, check_servable, contract_changes
 from registry.db import check_schema, create_registry_engine, first_line, redact, write_engine
 from registry.errors import (
@@ -125,7 +125,8 @@ class Registry:
     ) -> None:
         self.engine: Engine = create_registry_engine(database_url, password=database_password)
         self._write_engine = write_engine(self.engine)
-        self.store = ArtifactStore(Path(artifacts_dir))
+        # A directory, or a store URL such as s3://bucket/prefix.
+        self.store: ArtifactStore = open_store(artifacts_dir)
         self._schema_checked = not check
 
     @classmethod
@@ -135,7 +136,7 @@ class Registry:
         password = secret or None  # an empty variable means none given
         return cls(
             database_url=settings.database_url,
-            artifacts_dir=settings.artifacts_dir,
+            artifacts_dir=settings.artifacts_url or settings.artifacts_dir,
             check=check,
             database_password=password,
         )
@@ -247,7 +248,16 @@ class Registry:
                 for key, (esha, esize) in sorted(stored_extras.items())
             ]
             repo.add_version(session, row, extra_rows)
-            return _version_info(name, row, extra_rows, {})
+            info = _version_info(name, row, extra_rows, {})
+        # gc checks a blob's age just before deleting it; on a store where that check and the delete
+        # are not one step (a bucket), a blob written again by this registration could still go.
+        # Now that the version is committed no gc will delete it: put back whatever is missing.
+        if not self.store.exists(sha):
+            self.store.put_file(onnx_path)
+        for key, (esha, _) in stored_extras.items():
+            if not self.store.exists(esha):
+                self.store.put_file(extra_paths[key])
+        return info
 
     def _contract_change(
         self, session: Session, model: RegisteredModel, meta: VersionMetadata, *, allow: bool
@@ -543,9 +553,9 @@ class Registry:
                 continue
             if dry_run:
                 try:
-                    if self.store.path_for(sha).stat().st_mtime < cutoff:
+                    if self.store.modified_at(sha) < cutoff:
                         removed.append((sha, self.store.size_of(sha)))
-                except FileNotFoundError:
+                except (FileNotFoundError, NotFoundError):
                     continue
                 continue
             size = self.store.delete_if_stale(sha, older_than=cutoff)

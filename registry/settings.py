@@ -19,6 +19,12 @@ class RegistrySettings(BaseSettings):
         "as it is); it replaces any password in the URL",
     )
     artifacts_dir: Path = Field(Path("./var/artifacts"), description="the artifact store's directory")
+    artifacts_url: str | None = Field(
+        None,
+        description="the artifact store as a URL, in place of artifacts_dir: a directory, or s3://bucket/prefix "
+        "(any S3-compatible service, configured by AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY)",
+    )
 
 
 @lru_cache

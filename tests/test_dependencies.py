@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = {"app", "registry", "training"}
 # Imported inside a function behind an ImportError that tells the user what to install.
-OPTIONAL = {"registry": {"onnxruntime", "numpy"}}
+OPTIONAL = {"registry": {"onnxruntime", "numpy", "boto3", "botocore"}}
 EXTRAS = {"registry": [], "app": ["serve"], "training": ["train"]}
 
 
