@@ -21,6 +21,7 @@ from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
 from app.settings import Settings, get_settings
 from registry import Registry, VersionInfo
+from registry.cache import CachedStore
 
 log = logging.getLogger("app")
 
@@ -91,6 +92,11 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         factory = backend_factory or ort_backend_factory(settings)
         registry = Registry.from_settings(settings.registry)
+        cache = None
+        if settings.artifact_cache_dir is not None:
+            cache = registry.store = CachedStore(
+                registry.store, settings.artifact_cache_dir, max_bytes=settings.artifact_cache_max_bytes
+            )
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         inference_executor = ThreadPoolExecutor(settings.batching.inference_threads, thread_name_prefix="inference")
         loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
@@ -108,7 +114,11 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
             loader_executor=loader_executor,
             can_grow=inflight.others_than,
         )
-        collector = StateCollector(manager.snapshot, lambda: (inflight.value, inflight.receiving))
+        collector = StateCollector(
+            manager.snapshot,
+            lambda: (inflight.value, inflight.receiving),
+            cache_counts=(lambda: cache.counts) if cache is not None else None,
+        )
         metrics.add_collector(collector)
         app.state.settings = settings
         app.state.admin_tokens = tokens

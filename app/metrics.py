@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,10 +79,15 @@ class StateCollector(Collector):
     """Gauges read at scrape time from the model manager's state and the admission gate."""
 
     def __init__(
-        self, snapshot: Callable[[], list[dict[str, Any]]], inflight: Callable[[], tuple[int, int]] | None = None
+        self,
+        snapshot: Callable[[], list[dict[str, Any]]],
+        inflight: Callable[[], tuple[int, int]] | None = None,
+        *,
+        cache_counts: Callable[[], Any] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._inflight = inflight
+        self._cache_counts = cache_counts
 
     def collect(self) -> Iterable[Metric]:
         loaded = GaugeMetricFamily(
@@ -99,6 +104,17 @@ class StateCollector(Collector):
             queue.add_metric([entry["model"], version], entry["queued_rows"])
         yield loaded
         yield queue
+        if self._cache_counts is not None:
+            counts = self._cache_counts()
+            reads = CounterMetricFamily(
+                "artifact_cache_reads",
+                "Artifact reads by the local cache's answer: hit, miss (read from the store), corrupt (a cache "
+                "file failed its sha256 check and was fetched anew)",
+                labels=["result"],
+            )
+            for result in ("hit", "miss", "corrupt"):
+                reads.add_metric([result], getattr(counts, {"hit": "hits", "miss": "misses"}.get(result, result)))
+            yield reads
         if self._inflight is not None:
             admitted, receiving = self._inflight()
             yield GaugeMetricFamily(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -107,6 +108,14 @@ class Settings(BaseSettings):
         "decoding thread costs the loop more than decoding it; 0: always in a thread",
     )
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    artifact_cache_dir: Path | None = Field(
+        None,
+        description="keep the artifacts this server loads in this directory, read through from the registry's "
+        "store (a bucket): a restart or a pinned version reads them from here, sha256-checked; unset: no cache",
+    )
+    artifact_cache_max_bytes: int = Field(
+        10 * 1024**3, ge=0, description="size of the artifact cache; past it the least recently read go first"
+    )
     admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
     access_log: bool = False
     opentelemetry: bool = Field(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -15,6 +19,7 @@ from sqlalchemy.engine import make_url
 from registry import Registry
 from registry.db import create_registry_engine, head_revision, upgrade
 from registry.orm import Base
+from tests.server import free_port
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
@@ -198,9 +203,6 @@ class TrainedRun:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    import subprocess
-    import sys
-
     root = tmp_path_factory.mktemp("digits-run")
     backend = _sqlite_backend(root)
     proc = subprocess.run(
@@ -230,3 +232,44 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (run_dir,) = (root / "runs").iterdir()
     return TrainedRun(backend, run_dir, proc.stdout)
+
+
+# -- an S3 API server on 127.0.0.1 (moto's server mode) ------------------------------------------
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.TransportError:
+            assert proc.poll() is None, "moto_server exited"
+            assert time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+    yield endpoint
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, object]:
+    """A fresh bucket: (its store URL, a boto3 client on it)."""
+    import boto3
+
+    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    bucket = f"imgserve-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/models", client

@@ -9,57 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import Backend, _sqlite_backend
+from tests.conftest import CREDENTIALS, Backend, _sqlite_backend
 from tests.onnx_models import color_classifier, color_metadata
 from tests.registry.test_cli import assert_one_line_error
 from tests.registry.test_concurrency import ROOT, _wait_for
-from tests.server import free_port
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(endpoint, timeout=1)
-            break
-        except httpx.TransportError:
-            assert proc.poll() is None, "moto_server exited"
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-    yield endpoint
-    proc.terminate()
-    proc.wait(30)
-
-
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, object]:
-    """A fresh bucket: (its store URL, a boto3 client on it)."""
-    import boto3
-
-    for key, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    bucket = f"imgserve-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/models", client
 
 
 @pytest.fixture
