@@ -12,16 +12,15 @@ from app.schemas import HealthResponse
 router = APIRouter(tags=["health"])
 
 
-@router.api_route(
-    "/healthz", methods=["GET", "HEAD"], response_model=HealthResponse, summary="Liveness: the process answers"
-)
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.api_route(
+@router.head("/readyz", include_in_schema=False)
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "a served model is not loaded"}},
     summary="Readiness: every served model is loaded and warm",

@@ -67,14 +67,14 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="imgserve", version=app_package.__version__, extensions=EXTENSIONS)
 
 
-@router.api_route("/health/live", methods=["GET", "HEAD"], summary="Server liveness")
+@router.get("/health/live", summary="Server liveness")
+@router.head("/health/live", include_in_schema=False)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.api_route(
-    "/health/ready", methods=["GET", "HEAD"], summary="Server readiness", responses={503: {"description": "not ready"}}
-)
+@router.get("/health/ready", summary="Server readiness", responses={503: {"description": "not ready"}})
+@router.head("/health/ready", include_in_schema=False)
 async def ready(manager: ManagerDep) -> JSONResponse:
     return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 503)
 
