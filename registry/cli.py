@@ -33,6 +33,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+store_app = typer.Typer(help="The artifact store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who is acting (default: the OS user).")]
@@ -356,6 +358,27 @@ def gc(
     for sha, size in removed:
         typer.echo(f"{verb} {sha} ({size} bytes)")
     typer.echo(f"{verb} {len(removed)} blobs, {sum(s for _, s in removed)} bytes")
+
+
+@store_app.command("copy")
+def store_copy(
+    destination: Annotated[str, typer.Argument(metavar="DEST", help="a directory or s3://bucket/prefix")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy every artifact the registry references into another store (e.g. a local one into a
+    bucket), checking each; then point REGISTRY_ARTIFACTS_URL at DEST. Exit 6 if a source copy is bad."""
+    from registry.artifacts import open_store
+
+    with _registry() as reg:
+        copied, present, problems = reg.copy_store(open_store(destination))
+    if as_json:
+        _print_json({"copied": copied, "already_there": present, "problems": [p.__dict__ for p in problems]})
+    else:
+        for p in problems:
+            typer.echo(f"{p.model_name} v{p.version} {p.artifact}: {p.detail}", err=True)
+        typer.echo(f"copied {copied} artifacts to {destination}, {present} already there, {len(problems)} problems")
+    if problems:
+        raise typer.Exit(6)
 
 
 @db_app.command("upgrade")

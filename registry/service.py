@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import io
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -535,6 +536,35 @@ class Registry:
             if detail := self.store.verify(extra.sha256):
                 problems.append(Problem(name, extra.version, extra.name, detail))
         return len(versions) + len(extras), problems
+
+    def copy_store(self, destination: ArtifactStore) -> tuple[int, int, list[Problem]]:
+        """Copy every artifact a version references into ``destination`` (to move a deployment to a
+        bucket): each is read sha256-checked and skipped when the destination already holds it
+        intact. Returns (copied, already there, problems with the source's copies)."""
+        with self._session() as session:
+            wanted = [
+                (name, row.version, "model.onnx", row.sha256) for name, row in repo.all_versions_with_names(session)
+            ]
+            wanted += [(name, e.version, e.name, e.sha256) for name, e in repo.all_extras_with_names(session)]
+        copied = present = 0
+        problems: list[Problem] = []
+        done: set[str] = set()
+        for name, version, artifact, sha in wanted:
+            if sha in done:
+                continue
+            done.add(sha)
+            if destination.verify(sha) is None:
+                present += 1
+                continue
+            try:
+                data = self.store.read(sha, what=f"{name} v{version} {artifact}")
+            except (NotFoundError, IntegrityError) as exc:
+                problems.append(Problem(name, version, artifact, exc.message))
+                continue
+            stored, _ = destination.put_stream(io.BytesIO(data))
+            assert stored == sha
+            copied += 1
+        return copied, present, problems
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> list[tuple[str, int]]:
         """Delete blobs no version references; returns (sha256, bytes) of each.

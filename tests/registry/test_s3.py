@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import CREDENTIALS, Backend, _sqlite_backend
 from tests.onnx_models import color_classifier, color_metadata
-from tests.registry.test_cli import assert_one_line_error
+from tests.registry.test_cli import assert_one_line_error, run
 from tests.registry.test_concurrency import ROOT, _wait_for
 
 
@@ -149,3 +149,22 @@ def test_an_unreachable_bucket_is_one_line_naming_the_store(tmp_path: Path, s3_e
     )
     assert_one_line_error(proc, 9, "artifact store s3://no-such-bucket/models")
     assert "NoSuchBucket" in proc.stderr
+
+
+def test_a_local_store_is_copied_into_a_bucket(backend: Backend, s3: tuple[str, object], tmp_path: Path) -> None:
+    """Moving a deployment: `registry store copy s3://…`, then point REGISTRY_ARTIFACTS_URL at it."""
+    url, _ = s3
+    model = color_classifier(tmp_path / "model.onnx")
+    plot = tmp_path / "curves.png"
+    plot.write_bytes(b"not really a plot")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(color_metadata()))
+    run(backend, "register", "colors", str(model), "--meta", str(meta), "--extra", str(plot))
+    run(backend, "register", "colors", str(model), "--meta", str(meta))  # the same blob twice
+    out = run(backend, "store", "copy", url).stdout
+    assert "copied 2 artifacts" in out and "0 problems" in out
+    assert "copied 0 artifacts" in run(backend, "store", "copy", url).stdout  # idempotent
+    moved = Backend(backend.kind, backend.database_url, url)  # type: ignore[arg-type]
+    assert "checked 3 artifacts, 0 problems" in cli(moved, "verify").stdout
+    assert cli(moved, "export", "colors:2", str(tmp_path / "out")).returncode == 0
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == model.read_bytes()
