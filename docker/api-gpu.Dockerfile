@@ -32,7 +32,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py
-RUN pip install --no-deps ".[gpu]"
+RUN pip install --no-deps ".[gpu,s3]"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive

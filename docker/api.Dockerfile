@@ -1,4 +1,5 @@
-# The CPU server image: only the `serve` extra (ONNX Runtime, FastAPI) — never TensorFlow.
+# The CPU server image: the `serve` extra (ONNX Runtime, FastAPI) and `s3` (boto3, for artifacts
+# in a bucket) — never TensorFlow.
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t imgserve-api .
 # Dependencies come from requirements/serve.txt (exact versions with hashes, written by
 # scripts/lock.sh) in a layer of their own, so a source change reinstalls nothing.
@@ -14,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py
-RUN pip install --no-deps ".[serve]"
+RUN pip install --no-deps ".[serve,s3]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

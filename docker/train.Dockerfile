@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY registry ./registry
 COPY training ./training
-RUN pip install --no-deps ".[${TRAIN_EXTRA}]"
+RUN pip install --no-deps ".[${TRAIN_EXTRA},s3]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

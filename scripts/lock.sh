@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the lock files in requirements/ from pyproject.toml: exact versions with hashes, for
 # the platforms the images and CI run on. Run it after changing a dependency, and commit the result.
+# Every image can keep its artifacts in a bucket, so each lock includes the `s3` extra.
 #   requirements/serve.txt      the CPU server image (python:3.11-slim)
 #   requirements/gpu.txt        the GPU server image (CUDA 13 base, Ubuntu 24.04's Python 3.12)
 #   requirements/train.txt      the training image (python:3.11-slim), TensorFlow CPU
@@ -26,9 +27,9 @@ compile() {  # compile OUT PYTHON EXTRAS... [-- EXTRA REQUIREMENT FILES]
 }
 
 printf 'onnxruntime-gpu==1.31.1\n' >var/gpu-pin.txt
-compile serve.txt 3.11 --extra serve
-compile gpu.txt 3.12 --extra gpu var/gpu-pin.txt
-compile train.txt 3.11 --extra train
-compile train-gpu.txt 3.11 --extra train-gpu
+compile serve.txt 3.11 --extra serve --extra s3
+compile gpu.txt 3.12 --extra gpu --extra s3 var/gpu-pin.txt
+compile train.txt 3.11 --extra train --extra s3
+compile train-gpu.txt 3.11 --extra train-gpu --extra s3
 compile dev.txt 3.11 --extra serve --extra train --extra dev
 rm -f var/gpu-pin.txt

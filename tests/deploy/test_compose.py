@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-PROFILES = ["", "gpu", "train", "monitoring"]
+PROFILES = ["", "gpu", "train", "monitoring", "s3"]
 
 
 def compose() -> dict[str, Any]:
@@ -79,7 +79,13 @@ def test_compose_config_validates(profile: str, tmp_path: Path) -> None:
     assert {"db", "migrate", "api"} <= set(services)
     assert all("profiles" not in services[name] for name in ("db", "migrate", "api"))
     profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
-    assert profiles == {"api-gpu": ["gpu"], "trainer": ["train"], "prometheus": ["monitoring"]}
+    assert profiles == {
+        "api-gpu": ["gpu"],
+        "trainer": ["train"],
+        "prometheus": ["monitoring"],
+        "minio": ["s3"],
+        "minio-bucket": ["s3"],
+    }
     # Values come from .env.example: nothing left unresolved.
     assert re.search(r"(?<!\$)\$\{", proc.stdout) is None  # $${...} is the container shell's, not compose's
     for name, service in services.items():  # every service is bounded and its logs rotate
@@ -136,6 +142,37 @@ def test_database_healthcheck_uses_tcp_and_migrate_retries() -> None:
     assert command[:3] == ["registry", "db", "upgrade"] and "--wait" in command
 
 
+AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_the_s3_profile_points_every_service_at_the_minio_bucket(tmp_path: Path) -> None:
+    env_file = edited_env_file(tmp_path)
+    env_file.write_text(
+        env_file.read_text()
+        .replace("REGISTRY_ARTIFACTS_URL=\n", "REGISTRY_ARTIFACTS_URL=s3://imgserve/artifacts\n")
+        .replace("AWS_ENDPOINT_URL=\n", "AWS_ENDPOINT_URL=http://minio:9000\n")
+        .replace("AWS_ACCESS_KEY_ID=\n", "AWS_ACCESS_KEY_ID=imgserve\n")
+        .replace("AWS_SECRET_ACCESS_KEY=\n", "AWS_SECRET_ACCESS_KEY=a-secret-of-minio\n")
+    )
+    proc = compose_config(env_file, "s3", "train")
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    for name in ("migrate", "api", "trainer"):
+        environment = services[name]["environment"]
+        assert environment["REGISTRY_ARTIFACTS_URL"] == "s3://imgserve/artifacts", name
+        assert environment["AWS_ENDPOINT_URL"] == "http://minio:9000", name
+    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == "imgserve"
+    assert services["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    # The same code path as any bucket: the registry opens an S3 store from that environment.
+    from registry.artifacts import open_store
+    from registry.s3 import S3ArtifactStore
+
+    settings = RegistrySettings(artifacts_url=services["api"]["environment"]["REGISTRY_ARTIFACTS_URL"])
+    store = open_store(settings.artifacts_url or settings.artifacts_dir)
+    assert isinstance(store, S3ArtifactStore)
+    assert (store.bucket, store.prefix) == ("imgserve", "artifacts/")
+
+
 def _setting_exists(key: str) -> bool:
     if key.startswith("REGISTRY_"):
         return key.removeprefix("REGISTRY_").lower() in RegistrySettings.model_fields
@@ -156,6 +193,10 @@ def test_every_variable_compose_sets_is_accepted() -> None:
                 assert _setting_exists(key), f"{name}: {key} is not a setting"
             elif key.startswith("TRAIN_"):
                 assert f"${{{key}" in entrypoint, f"{name}: {key} is not read by train-entrypoint.sh"
+            elif key.startswith("AWS_"):  # boto3's standard variables, for a bucket as the artifact store
+                assert key in AWS_VARIABLES, f"{name}: {key} is not a variable boto3 reads"
+            elif name == "minio":
+                assert key.startswith("MINIO_"), f"{name}: unexpected variable {key}"
             else:
                 assert name == "db" and key.startswith("POSTGRES_"), f"{name}: unexpected variable {key}"
     example = env_example()
@@ -250,17 +291,18 @@ BANNED = ("tensorflow", "keras", "tf2onnx", "tf-keras")
 
 
 def test_cpu_image_installs_only_the_serve_extra() -> None:
-    assert _pip_extras("api.Dockerfile") == {"serve"}
-    assert _pip_extras("api-gpu.Dockerfile") == {"gpu"}
+    assert _pip_extras("api.Dockerfile") == {"serve", "s3"}
+    assert _pip_extras("api-gpu.Dockerfile") == {"gpu", "s3"}
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"] + project["optional-dependencies"]["serve"]:
+    extras = project["optional-dependencies"]
+    for requirement in project["dependencies"] + extras["serve"] + extras["s3"]:
         assert not requirement.lower().startswith(BANNED), requirement
 
 
 def test_serve_install_cannot_pull_tensorflow(tmp_path: Path) -> None:
-    """Resolve `.[serve]` as the image does (nothing installed) and list what it would bring."""
+    """Resolve `.[serve,s3]` as the image does (nothing installed) and list what it would bring."""
     report = tmp_path / "report.json"
     proc = subprocess.run(
         [
@@ -273,14 +315,14 @@ def test_serve_install_cannot_pull_tensorflow(tmp_path: Path) -> None:
             "--quiet",
             "--report",
             str(report),
-            f"{ROOT}[serve]",
+            f"{ROOT}[serve,s3]",
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     if proc.returncode != 0 and "Could not find a version" in proc.stderr + proc.stdout:
-        pytest.fail(f"pip could not resolve .[serve]: {proc.stderr[-500:]}")
+        pytest.fail(f"pip could not resolve .[serve,s3]: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
     assert "onnxruntime" in names and "fastapi" in names

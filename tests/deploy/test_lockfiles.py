@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 # lock file -> the extras of pyproject.toml it must satisfy
 EXTRAS = {
-    "serve.txt": ["serve"],
-    "gpu.txt": ["gpu"],
-    "train.txt": ["train"],
-    "train-gpu.txt": ["train-gpu"],
-    "dev.txt": ["serve", "train", "dev"],
+    "serve.txt": ["serve", "s3"],
+    "gpu.txt": ["gpu", "s3"],
+    "train.txt": ["train", "s3"],
+    "train-gpu.txt": ["train-gpu", "s3"],
+    "dev.txt": ["serve", "train", "dev", "s3"],
 }
 ENVIRONMENTS = {"gpu.txt": "3.12"}  # the CUDA base image's Python; the rest run Python 3.11
 
