@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -29,7 +31,14 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, class_name
     return {"confusion_matrix": matrix.tolist(), "per_class": per_class}
 
 
-def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+def plot_curves(history: dict[str, list[float]], path: Path, *, title: str) -> None:
+    """Loss and accuracy per epoch; ``title`` names the model and the run."""
+    fig = curves_figure(history, title=title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(history: dict[str, list[float]], *, title: str) -> Figure:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = range(1, len(history["loss"]) + 1)
     for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
@@ -37,15 +46,17 @@ def plot_curves(history: dict[str, list[float]], path: Path) -> None:
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], marker="o", label="held-out")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5
         ax.set_title(key)
         ax.legend()
         ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path, *, title: str) -> None:
+    """The held-out confusion matrix; ``title`` names the model and the run."""
     data = np.asarray(matrix)
     size = max(4.0, 0.5 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -57,7 +68,7 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
     threshold = data.max() / 2 if data.size else 0
     for (i, j), value in np.ndenumerate(data):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
-    ax.set_title("confusion matrix (held-out)")
+    ax.set_title(f"{title}\nconfusion matrix (held-out)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -139,8 +139,11 @@ def run(config: TrainConfig, *, registry: Registry | None = None) -> JobResult:
     metrics.update(evaluate.classification_metrics(dataset.test.labels, predicted, dataset.class_names))
     curves = run_dir / "curves.png"
     confusion = run_dir / "confusion_matrix.png"
-    evaluate.plot_curves({key: [float(v) for v in values] for key, values in history.history.items()}, curves)
-    evaluate.plot_confusion(metrics["confusion_matrix"], dataset.class_names, confusion)
+    title = f"{config.name}, run {run_dir.name}"
+    evaluate.plot_curves(
+        {key: [float(v) for v in values] for key, values in history.history.items()}, curves, title=title
+    )
+    evaluate.plot_confusion(metrics["confusion_matrix"], dataset.class_names, confusion, title=title)
 
     model.save(run_dir / "model.keras")
     graph = export.export_onnx(model, run_dir / "model.onnx")

@@ -176,3 +176,20 @@ def test_data_command_writes_the_digits_folders(tmp_path: Path) -> None:
     with Image.open(next((tmp_path / "digits" / "test_set" / "7").iterdir())) as img:
         assert img.size == (8, 8)
         assert img.mode == "L"
+
+
+def test_training_curves_name_the_run_and_count_whole_epochs() -> None:
+    import matplotlib.pyplot as plt
+
+    from training.evaluate import curves_figure
+
+    history = {"loss": [0.9, 0.5, 0.3], "val_loss": [1.0, 0.6, 0.4], "accuracy": [0.5, 0.8, 0.9]}
+    fig = curves_figure(history, title="digits, run 20261129T120000Z-digits")
+    try:
+        assert fig.get_suptitle() == "digits, run 20261129T120000Z-digits"
+        for ax in fig.axes:
+            ax.figure.canvas.draw()
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(fig)
