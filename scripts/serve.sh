@@ -9,15 +9,21 @@ HOST=${SERVE_HOST:-127.0.0.1}
 PORT=${SERVE_PORT:-8000}
 MODEL=${MODEL:-digits}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+# Install only on the first start, or when pyproject.toml changed since the last install: a
+# restart with nothing to install starts at once and needs no package index.
+STAMP=.venv/.installed-pyproject.sha256
+WANT=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  echo "installing into .venv (first start, or pyproject.toml changed)"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[serve,train]'
+  echo "$WANT" >"$STAMP"
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[serve,train]'
 
 .venv/bin/registry db upgrade
 if ! .venv/bin/registry show "$MODEL@production" >/dev/null 2>&1; then
-  echo "no $MODEL@production in the registry: training the built-in digits model (5 epochs, about 30 s)"
+  echo "no $MODEL@production in the registry: training the built-in digits model (5 epochs, under a minute)"
   .venv/bin/python -m training --dataset digits --epochs 5 --register "$MODEL" --promote production
 fi
 .venv/bin/registry show "$MODEL@production"
