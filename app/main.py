@@ -156,7 +156,8 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     install_handlers(app)
     _complete_openapi(app)
     # Innermost first: the fast path runs inside the metrics, admission and body-limit layers.
-    app.add_middleware(FastPathMiddleware, routes=eligible_routes([v1.router, v2.router], FAST_PATHS))
+    if settings.fast_path:
+        app.add_middleware(FastPathMiddleware, routes=eligible_routes([v1.router, v2.router], FAST_PATHS))
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.limits.max_request_bytes,

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     )
     admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
     access_log: bool = False
+    fast_path: bool = Field(
+        True,
+        description="call the inference endpoints straight from the middleware for requests without a query "
+        "string (see docs/decisions); off: every request takes FastAPI's routing, answers are the same",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans and metrics, for when OTel providers are configured; "

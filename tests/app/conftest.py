@@ -56,7 +56,9 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 ClientFactory = Callable[..., Any]
 
 
-@pytest.fixture
-async def client(served_backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(create_app(settings_for(served_backend))) as c:
+@pytest.fixture(params=[True, False], ids=["fast-path", "no-fast-path"])
+async def client(served_backend: Backend, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on `served_backend`, with the inference fast path on and off: the API's answers must
+    not depend on it."""
+    async with running(create_app(settings_for(served_backend, fast_path=request.param))) as c:
         yield c

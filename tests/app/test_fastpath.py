@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 from app.fastpath import FastPathMiddleware
+from app.main import create_app
+from tests.app.conftest import running, settings_for
+from tests.conftest import Backend
 from tests.images import solid
 
 RED = solid("red")
@@ -31,6 +35,13 @@ CASES: list[tuple[str, dict[str, Any], int]] = [
     ("/v2/models/colors/versions/7/infer", {"json": V2_BODY}, 404),
     ("/v2/models/colors/infer", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
 ]
+
+
+@pytest.fixture
+async def client(served_backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
+    """Here the fast path is on: these tests are about it."""
+    async with running(create_app(settings_for(served_backend, fast_path=True))) as c:
+        yield c
 
 
 @pytest.fixture
