@@ -21,6 +21,32 @@ from registry.db import create_registry_engine, head_revision, upgrade
 from registry.orm import Base
 from tests.server import free_port
 
+# Modules whose every test starts processes (a server, the CLI, workers, a load generator).
+SLOW_MODULES = {
+    "test_server_process",
+    "test_hostile",
+    "test_schemathesis",
+    "test_memory",
+    "test_shared_bucket",
+    "test_concurrency",
+    "test_cli",
+    "test_s3",
+    "test_safety",
+    "test_compose_order",
+    "test_smoke",
+    "test_training",
+    "test_serve_script",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the slow tier: whole modules above, and any test that needs the trained digits model."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or "digits_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
