@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.imaging import ImageError, ImageTooLargeError
+from core.imaging import ImageError, ImageTooLargeError
 from registry import errors as registry_errors
 
 log = logging.getLogger("app")

@@ -35,22 +35,14 @@ from app.batcher import Batcher
 from app.errors import BadRequestError, NotFoundError, UnavailableError
 from app.metrics import Metrics
 from app.settings import Settings
+from core.contract import contract_changes, to_probabilities
 from registry import AliasMove, Registry, VersionInfo
-from registry.check import contract_changes
 from registry.errors import RegistryError
 
 log = logging.getLogger("app.models")
 
 BackendFactory = Callable[[bytes, VersionInfo], InferenceBackend]
 MAX_FALLBACK_ATTEMPTS = 3
-
-
-def to_probabilities(raw: np.ndarray, kind: str) -> np.ndarray:
-    """[N, K] probabilities; a sigmoid head's [N, 1] score of label 1 becomes [1 - s, s]."""
-    if kind == "sigmoid":
-        score = raw[:, :1]
-        return np.concatenate([1.0 - score, score], axis=1)
-    return raw
 
 
 @dataclass(eq=False)

@@ -19,11 +19,11 @@ from starlette.responses import Response
 
 from app.batcher import BatcherClosedError, InferenceError, QueueFullError
 from app.errors import ApiError, BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
-from app.imaging import ImageTooLargeError, decoded_pixels, open_image, to_array
 from app.limits import DecodeBudget
 from app.metrics import Metrics
 from app.models import LoadedVersion, ModelManager
 from app.settings import LimitSettings, Settings
+from core.imaging import ImageTooLargeError, decoded_pixels, open_image, to_array
 from registry import ModelContract
 
 IMAGE_FIELDS = ("images", "image")

@@ -29,6 +29,7 @@ COPY requirements/gpu.txt ./requirements/gpu.txt
 RUN pip install --require-hashes -r requirements/gpu.txt \
     && pip show onnxruntime-gpu | grep -qx "Version: ${ORT_GPU_VERSION}"
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py

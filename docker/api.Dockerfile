@@ -12,6 +12,7 @@ WORKDIR /src
 COPY requirements/serve.txt ./requirements/serve.txt
 RUN pip install --require-hashes -r requirements/serve.txt
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY app ./app
 COPY registry ./registry
 COPY training/__init__.py ./training/__init__.py

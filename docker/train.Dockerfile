@@ -14,6 +14,7 @@ WORKDIR /src
 COPY requirements/${TRAIN_EXTRA}.txt ./requirements/
 RUN pip install --require-hashes -r "requirements/${TRAIN_EXTRA}.txt"
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY app ./app
 COPY registry ./registry
 COPY training ./training

@@ -4,7 +4,6 @@ server checks before it swaps a version in.
 - `check_graph`: an ONNX Runtime session's inputs and outputs against the version's contract.
 - `check_servable`: the whole check on a version's bytes: ONNX Runtime loads them on CPU, the
   graph matches the contract, and one row of zeros comes back with the contract's shape.
-- `contract_changes`: what differs between two versions' contracts, as a client would see it.
 
 ONNX Runtime is imported only by `check_servable`, so the rest of the registry (and its CLI)
 works without it.
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.schemas import ModelContract
+from core.contract import ModelContract
 
 
 class ContractMismatchError(Exception):
@@ -73,21 +72,3 @@ def check_servable(data: bytes, contract: ModelContract) -> None:
             f"one image gave an output of shape {getattr(out, 'shape', None)}, "
             f"the contract needs {(1, contract.num_outputs)}"
         )
-
-
-def contract_changes(old: ModelContract, new: ModelContract) -> list[str]:
-    """What a client of the model would notice: labels, output kind, input size. Empty: none."""
-    changes = []
-    if old.labels != new.labels:
-        changes.append(f"labels {_labels(old.labels)} -> {_labels(new.labels)}")
-    if old.output.kind != new.output.kind:
-        changes.append(f"output {old.output.kind} -> {new.output.kind}")
-    if (old.input.height, old.input.width) != (new.input.height, new.input.width):
-        changes.append(f"input size {old.input.height}x{old.input.width} -> {new.input.height}x{new.input.width}")
-    return changes
-
-
-def _labels(labels: list[str], shown: int = 6) -> str:
-    text = ", ".join(labels[:shown])
-    more = f", … ({len(labels)} in all)" if len(labels) > shown else ""
-    return f"[{text}{more}]"

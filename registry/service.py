@@ -17,9 +17,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from core.contract import contract_changes
 from registry import repository as repo
 from registry.artifacts import ArtifactStore, open_store
-from registry.check import ContractMismatchError, check_servable, contract_changes
+from registry.check import ContractMismatchError, check_servable
 from registry.db import check_schema, create_registry_engine, first_line, redact, write_engine
 from registry.errors import (
     ArtifactCheckError,

@@ -1,6 +1,6 @@
 """Every third-party module the packages import is a declared dependency of the install that runs it.
 
-`registry` must work with the base install alone (the `train` extra alone once failed on an
+`core` and `registry` must work with the base install alone (the `train` extra alone once failed on an
 undeclared `click`); `app` with the `serve` extra; `training` with the `train` extra.
 """
 
@@ -17,10 +17,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"app", "registry", "training"}
+FIRST_PARTY = {"core", "app", "registry", "training"}
 # Imported inside a function behind an ImportError that tells the user what to install.
 OPTIONAL = {"registry": {"onnxruntime", "numpy", "boto3", "botocore"}}
-EXTRAS = {"registry": [], "app": ["serve"], "training": ["train"]}
+EXTRAS = {"core": [], "registry": [], "app": ["serve"], "training": ["train"]}
 
 
 def imported_top_levels(package: str) -> set[str]:

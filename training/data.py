@@ -1,6 +1,6 @@
 """Image folders (one subfolder per class) into arrays, and the built-in `digits` dataset.
 
-Images are decoded with `app.imaging.decode_image`, the server's own function, so
+Images are decoded with `core.imaging.decode_image`, the function the server uses, so
 training and serving see identical pixels. Unreadable files are skipped and counted.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.imaging import ImageError, decode_image
+from core.imaging import ImageError, decode_image
 from training.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})

@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.imaging import decode_image
 from app.main import create_app
+from core.imaging import decode_image
 from registry import VersionInfo
 from tests.app.conftest import running, settings_for
 from tests.conftest import Backend, TrainedRun

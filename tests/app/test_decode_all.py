@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.imaging import ImageError, ImageTooLargeError, decode_image
 from app.service import decode_all
 from app.settings import LimitSettings
+from core.imaging import ImageError, ImageTooLargeError, decode_image
 from registry import ModelContract
 from tests.images import noise_png, photo, solid
 from tests.onnx_models import color_metadata

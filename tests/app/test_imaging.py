@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import ImageError, ImageTooLargeError, decode_image
+from core.imaging import ImageError, ImageTooLargeError, decode_image
 from tests.images import COLORS, photo, solid
 
 

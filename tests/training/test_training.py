@@ -72,7 +72,7 @@ def test_exported_onnx_agrees_with_keras(digits_run: TrainedRun) -> None:
         data = reg.open_artifact("digits", info.version)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     model = keras.saving.load_model(digits_run.run_dir / "model.keras")
-    from app.imaging import decode_image
+    from core.imaging import decode_image
 
     files = sorted((digits_run.dataset_dir / "test_set").rglob("*.png"))[:50]
     images = np.stack([decode_image(f.read_bytes(), size=(64, 64)) for f in files])

@@ -1,0 +1,4 @@
+"""What training and serving must agree on, shared by both: the model contract and image decoding.
+
+The bottom layer: it imports nothing of `registry`, `app` or `training` (import-linter checks it).
+"""
