@@ -50,8 +50,8 @@ def release_freed_memory() -> bool:
     """Hand the heap that closed sessions freed back to the OS; False where the C library cannot.
 
     A session's memory is allocated in whichever thread loads it and freed on close, and glibc
-    keeps freed heap in its per-thread arenas: without this, a server's RSS climbed from 171 to
-    304 MB over 100 swaps of the digits CNN; with it, it stayed at 170 MB."""
+    keeps freed heap in its per-thread arenas, so without this RSS ratchets up with every swap
+    (tests/app/test_memory.py)."""
     trim = _malloc_trim()
     if trim is None:
         return False
@@ -149,10 +149,8 @@ class OrtBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch. With padding, the session sees only a few batch shapes: ONNX Runtime's
-        CUDA convolutions redo their set-up (cuDNN's algorithm search by default) whenever the input
-        shape differs from the previous run's, which costs ~30 ms on an H100 against ~0.3 ms for a
-        whole batch of 32 (bench/results, GPU section of the README). On CPU there is no such cost and
-        padding would only waste compute, hence off there by default."""
+        CUDA convolutions redo their set-up whenever the input shape changes (docs/decisions/0005).
+        On CPU there is no such cost and padding would only waste compute, hence off there by default."""
         rows = len(batch)
         if self._pad_to and rows % self._pad_to:
             padded = np.zeros((-(-rows // self._pad_to) * self._pad_to, *batch.shape[1:]), dtype=batch.dtype)

@@ -183,9 +183,7 @@ class Batcher:
 
     def _may_start(self) -> bool:
         """A batch starts when the model is free, or beside running ones (up to the limit) if it is
-        full. A partial batch waits for a free model and grows meanwhile: on a GPU, two small
-        batches side by side took longer than one bigger batch after the other (S1 on an H100:
-        1,154 against 1,842 req/s)."""
+        full. A partial batch waits for a free model and grows meanwhile (docs/decisions/0004)."""
         if not self._running:
             return True
         if len(self._running) >= self.max_concurrent_batches:
@@ -249,9 +247,8 @@ class Batcher:
     def _finish(self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[_Run]) -> None:
         self._running.discard(done)
         # The next batch starts (or its timer is set) before this batch's callers get their answers:
-        # each answer schedules its caller's continuation (ranking, the JSON response), and anything
-        # scheduled after them waits until all have run, ~6 ms for 16 answers on the 2-core
-        # benchmark machine, with the model idle meanwhile.
+        # each answer schedules its caller's continuation, and anything scheduled after them waits
+        # until all have run, with the model idle meanwhile (docs/decisions/0001).
         self._schedule()
         total = sum(len(item.rows) for item in batch)
         failed = False

@@ -1,8 +1,7 @@
 """A short way in for the inference routes: their own endpoint functions, minus FastAPI's per-request machinery.
 
 Under load, FastAPI's routing, parameter handling and exception layers cost the event loop more
-than this CNN's whole inference: py-spy put them at about 40% of the loop's time per request at
-32 concurrent clients, the endpoint itself at 29%. The inference endpoints take no dependencies,
+than this CNN's whole inference (docs/decisions/0002). The inference endpoints take no dependencies,
 and without a query string they have no parameters to validate, so such a request can call the
 endpoint directly. Everything else, a query string included, takes the normal way, so validation,
 error shapes and the OpenAPI document stay FastAPI's. Errors raised here go through the app's

@@ -87,8 +87,8 @@ class LimitSettings(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVE_", env_nested_delimiter="__", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="address to listen on (also --host); 0.0.0.0 in the images")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (also --port)")
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"
     )
@@ -97,17 +97,25 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0, description="how often the registry is checked for alias moves")
     load_retry_s: float = Field(60.0, ge=0, description="wait before retrying a version that failed to load")
     pinned_cache_size: int = Field(4, ge=0, description="versions kept loaded for ?version= / ?alias= requests")
-    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime execution provider: auto (CUDA when ONNX Runtime offers it), cpu, cuda"
+    )
     require_gpu: bool = Field(False, description="fail start-up instead of falling back to CPU")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0: one per core")
-    decode_threads: int = Field(default_factory=lambda: min(8, (os.cpu_count() or 2) * 2), ge=1)
+    decode_threads: int = Field(
+        default_factory=lambda: min(8, (os.cpu_count() or 2) * 2),
+        ge=1,
+        description="image decoding threads; default: twice the cores, at most 8",
+    )
     decode_inline_pixels: int = Field(
         4096,
         ge=0,
         description="a single image of at most this many pixels is decoded on the event loop: handing it to a "
         "decoding thread costs the loop more than decoding it; 0: always in a thread",
     )
-    warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    warmup_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1, 8, 32], description="batch sizes run once through a version before it serves"
+    )
     artifact_cache_dir: Path | None = Field(
         None,
         description="keep the artifacts this server loads in this directory, read through from the registry's "
@@ -117,7 +125,7 @@ class Settings(BaseSettings):
         10 * 1024**3, ge=0, description="size of the artifact cache; past it the least recently read go first"
     )
     admin_tokens: SecretStr | None = Field(None, description="name:token[,name:token...] for the admin API")
-    access_log: bool = False
+    access_log: bool = Field(False, description="uvicorn's line per request")
     fast_path: bool = Field(
         True,
         description="call the inference endpoints straight from the middleware for requests without a query "
@@ -128,9 +136,11 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry spans and metrics, for when OTel providers are configured; "
         "off, each request skips FastAPI's per-request check for providers",
     )
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)
-    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description="SERVE_BATCHING__*")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="SERVE_LIMITS__*")
+    registry: RegistrySettings = Field(
+        default_factory=RegistrySettings, description="read from REGISTRY_* variables, as the CLI does"
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -4,7 +4,7 @@
 # capi/build_and_package_info.py says cuda_version '13.0'; the CUDA major version must
 # match, cuDNN 8 and 9 are not interchangeable). The base image below provides that
 # pair. This exact ONNX Runtime build ran the benchmark on an H100 (driver 580) with
-# CUDA 13 / cuDNN 9 libraries: see the README's GPU section. CUDA 13 needs an NVIDIA
+# CUDA 13 / cuDNN 9 libraries: see docs/gpu.md. CUDA 13 needs an NVIDIA
 # driver >= 580; on an older driver build the CUDA 12 variant instead:
 #   --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 --build-arg ORT_GPU_VERSION=1.22.0
 # SERVE_REQUIRE_GPU is on: a host without a usable GPU fails at start instead of

@@ -32,8 +32,8 @@ def _train_parser() -> argparse.ArgumentParser:
         type=Path,
         help="held-out folder (default: test_set/ beside training_set/, else a seeded split)",
     )
-    p.add_argument("--epochs", type=int, default=25, help="default: 25, as the original")
-    p.add_argument("--batch-size", type=int, help="default: 32 as the original; 16 for digits")
+    p.add_argument("--epochs", type=int, default=25, help="default: 25, as the legacy training job")
+    p.add_argument("--batch-size", type=int, help="default: 32 as the legacy training job; 16 for digits")
     p.add_argument("--image-size", type=int, default=64, help="square input size in pixels (default 64)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)

@@ -25,7 +25,7 @@ class TrainConfig:
     dataset: str | None = None
     test_data: Path | None = None
     epochs: int = 25
-    batch_size: int | None = None  # None: 32 as the original, 16 for digits
+    batch_size: int | None = None  # None: 32 as the legacy training job, 16 for digits
     image_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 42

@@ -13,9 +13,10 @@ INPUT_NAME = "image"
 
 
 def make_model(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """The original CNN. Input is uint8 RGB; scaling to [0, 1] is the graph's first layer.
+    """The legacy training job's CNN (the Django app this service replaced). Input is uint8 RGB;
+    scaling to [0, 1] is the graph's first layer.
 
-    Two classes get the original's sigmoid head (the score of class index 1);
+    Two classes get the legacy job's sigmoid head (the score of class index 1);
     more get a softmax over all classes.
     """
     inputs = keras.Input(shape=input_shape, dtype="uint8", name=INPUT_NAME)
@@ -39,7 +40,7 @@ def compile_model(model: keras.Model, *, num_classes: int, learning_rate: float)
 
 
 def augmentation(seed: int) -> keras.Sequential:
-    """The original's shear 0.2, zoom 0.2 and horizontal flip, as preprocessing layers.
+    """The legacy training job's shear 0.2, zoom 0.2 and horizontal flip, as preprocessing layers.
 
     They run in the tf.data pipeline only: they have no ONNX equivalent and must not
     reach the exported graph.

@@ -1,4 +1,4 @@
-"""The native REST API: predict by upload, the original's `/predict`, and served models."""
+"""The native REST API: predict by upload, the legacy `/predict` contract, and served models."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ UPLOAD_BODY: dict[str, Any] = {
                     "type": "object",
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "image": {"type": "string", "format": "binary", "description": "the original's field"},
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the legacy `/predict` contract's field",
+                        },
                     },
                 }
             },
@@ -78,7 +82,8 @@ async def predict(
     alias: AliasQuery = None,
     top_k: TopKQuery = 3,
 ) -> Response:
-    """Multipart files in the field `images` (or the original's `image`), or one raw `image/*` body."""
+    """Multipart files in the field `images` (or `image`, the legacy `/predict` contract's field), or
+    one raw `image/*` body."""
     # The hot path reads app.state directly: FastAPI dependencies cost more than this CNN's inference.
     state = request.app.state
     if version is not None and alias is not None:
@@ -104,7 +109,7 @@ async def predict(
     response_model=LegacyPrediction,
     responses=ERRORS,
     openapi_extra=LEGACY_BODY,
-    summary="The original endpoint: form field `image`, default model",
+    summary="The legacy `/predict` contract: form field `image`, default model",
 )
 async def predict_legacy(request: Request) -> Response:
     state = request.app.state
