@@ -38,6 +38,7 @@ from app.settings import Settings
 from core.contract import contract_changes, to_probabilities
 from registry import AliasMove, Registry, VersionInfo
 from registry.errors import RegistryError
+from registry.service import alias_stack
 
 log = logging.getLogger("app.models")
 
@@ -436,18 +437,10 @@ def _describe(loaded: LoadedVersion | None) -> str:
 
 
 def _earlier_targets(moves: list[AliasMove], target: int) -> list[int]:
-    """The versions an alias pointed to before, newest first, ``target`` left out; the history is
-    replayed as `Registry.rollback` does (promote pushes, rollback pops, remove clears)."""
-    stack: list[int] = []
-    for move in moves:
-        if move.action == "promote" and move.to_version is not None:
-            stack.append(move.to_version)
-        elif move.action == "rollback" and stack:
-            stack.pop()
-        elif move.action == "remove":
-            stack.clear()
+    """The versions an alias pointed to before, newest first, ``target`` left out, as
+    `Registry.rollback` replays the history."""
     seen: list[int] = []
-    for version in reversed(stack):
+    for version in reversed(alias_stack(moves)):
         if version != target and version not in seen:
             seen.append(version)
     return seen

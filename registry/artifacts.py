@@ -71,6 +71,14 @@ def open_store(location: str | Path) -> ArtifactStore:
     return LocalArtifactStore(Path(text.removeprefix("file://")))
 
 
+def open_source(source: Path) -> BinaryIO:
+    """A file to store, opened for reading; a StorageError naming it if it cannot be."""
+    try:
+        return open(source, "rb")
+    except OSError as exc:
+        raise StorageError(f"cannot read {str(source)!r} to store it: {exc.strerror or exc}") from None
+
+
 class LocalArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -87,11 +95,7 @@ class LocalArtifactStore:
 
     def put_file(self, source: Path) -> tuple[str, int]:
         """Store a file's content; returns (sha256, size)."""
-        try:
-            fh = open(source, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise StorageError(f"cannot read {str(source)!r} to store it: {exc.strerror or exc}") from None
-        with fh:
+        with open_source(source) as fh:
             return self.put_stream(fh)
 
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from registry.artifacts import open_source
 from registry.errors import IntegrityError, InvalidInputError, NotFoundError, StorageError
 
 CHUNK = 1 << 20
@@ -56,11 +57,7 @@ class S3ArtifactStore:
     # -- writing -------------------------------------------------------------------------------
 
     def put_file(self, source: Path) -> tuple[str, int]:
-        try:
-            fh = open(source, "rb")  # noqa: SIM115 - closed by the with below
-        except OSError as exc:
-            raise StorageError(f"cannot read {str(source)!r} to store it: {exc.strerror or exc}") from None
-        with fh:
+        with open_source(source) as fh:
             return self.put_stream(fh)
 
     def put_stream(self, stream: BinaryIO) -> tuple[str, int]:

@@ -6,11 +6,11 @@ import getpass
 import io
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -81,6 +81,28 @@ def parse_metadata(raw: Mapping[str, Any] | VersionMetadata) -> VersionMetadata:
         where = ".".join(str(part) for part in first["loc"]) or "metadata"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise InvalidInputError(f"invalid metadata: {where}: {first['msg']}{more}") from None
+
+
+class _Move(Protocol):  # a history row, or an AliasMove
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def to_version(self) -> int | None: ...
+
+
+def alias_stack(moves: Iterable[_Move]) -> list[int]:
+    """The versions an alias has pointed to, oldest first, as rollback sees them: the history of one
+    alias replayed as a stack (a promotion pushes, a rollback pops, a removal clears)."""
+    stack: list[int] = []
+    for move in moves:
+        if move.action == "promote" and move.to_version is not None:
+            stack.append(move.to_version)
+        elif move.action == "rollback" and stack:
+            stack.pop()
+        elif move.action == "remove":
+            stack.clear()
+    return stack
 
 
 @dataclass(frozen=True)
@@ -420,14 +442,7 @@ class Registry:
         current = repo.get_alias(session, model.id, alias)
         if current is None:
             raise NotFoundError(f"model {name!r} has no alias {alias!r}")
-        stack: list[int] = []
-        for entry in repo.history(session, model.id, alias):
-            if entry.action == "promote" and entry.to_version is not None:
-                stack.append(entry.to_version)
-            elif entry.action == "rollback" and stack:
-                stack.pop()
-            elif entry.action == "remove":
-                stack.clear()
+        stack = alias_stack(repo.history(session, model.id, alias))
         if len(stack) < 2 or stack[-1] != current.version:
             raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
         target = stack[-2]
