@@ -170,5 +170,6 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
         counter=inflight,
         on_shed=metrics.shed.inc,
     )
-    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    routes = [route for router in (v1.router, admin.router, v2.router, health.router) for route in router.routes]
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes)
     return app

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batcher import BatchStats
@@ -132,13 +133,16 @@ class StateCollector(Collector):
 class HttpMetricsMiddleware:
     """Counts requests and times them by route template (not raw path, to bound label cardinality)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[Any] = ()) -> None:
+        """``routes``: the app's routes, to name the route of a request answered before routing."""
         self.app = app
         self.metrics = metrics
+        self._routes = list(routes)
         # Label children by their label values: `labels()` costs several µs a call (argument checks,
         # a lock), paid twice per request; this set is no bigger than the one the metrics hold.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[str, Any] = {}
+        self._templates: dict[tuple[str, str], str] = {}  # (method, path) of unrouted answers -> template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +161,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or self._template_of(scope)
             key = (scope["method"], template, status)
             counter = self._counters.get(key)
             if counter is None:
@@ -167,3 +171,17 @@ class HttpMetricsMiddleware:
                 timer = self._timers[template] = self.metrics.latency.labels(template)
             counter.inc()
             timer.observe(time.perf_counter() - started)
+
+    def _template_of(self, scope: Scope) -> str:
+        """The route template of a request answered before routing (shed by admission, refused by the
+        body limit), so it is counted under its route; "unmatched" when no route takes the path."""
+        key = (scope["method"], scope["path"])
+        template = self._templates.get(key)
+        if template is None:
+            template = next(
+                (str(route.path) for route in self._routes if route.matches(scope)[0] == Match.FULL), "unmatched"
+            )
+            if len(self._templates) >= 4096:  # paths carry model names: keep the memo bounded
+                self._templates.clear()
+            self._templates[key] = template
+        return template

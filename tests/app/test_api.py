@@ -387,7 +387,12 @@ async def test_requests_past_the_inflight_bound_are_shed_unread(served_backend: 
         gate.set()
         assert [h.status_code for h in await asyncio.gather(*held)] == [200, 200]
         assert (await client.post("/v1/models/colors/predict", files=files(solid("red")))).status_code == 200
-        assert "requests_shed_overload_total 2.0" in (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics")).text
+        assert "requests_shed_overload_total 2.0" in metrics
+        # Shed before routing, yet counted under their routes, not as "unmatched".
+        assert 'http_requests_total{method="POST",route="/v1/models/{name}/predict",status="503"} 1.0' in metrics
+        assert 'http_requests_total{method="POST",route="/v2/models/{name}/infer",status="503"} 1.0' in metrics
+        assert 'route="unmatched",status="503"' not in metrics
 
 
 @pytest.mark.parametrize(
