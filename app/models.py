@@ -98,7 +98,15 @@ class ModelState:
     current: LoadedVersion | None = None
     aliases: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
-    failed: dict[int, float] = field(default_factory=dict)
+    failed: dict[int, tuple[float, str]] = field(default_factory=dict)  # version -> (when, why), monotonic
+
+    def recent_failure(self, version: int, retry_s: float) -> str | None:
+        """Why ``version`` failed to load, if it did less than ``retry_s`` ago."""
+        failure = self.failed.get(version)
+        if failure is None or time.monotonic() - failure[0] >= retry_s:
+            return None
+        return failure[1]
+
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -204,8 +212,7 @@ class ModelManager:
                 state.last_error = None  # e.g. the alias rolled back to what is served after a failed load
                 state.failed.pop(target, None)
                 return
-            failed_at = state.failed.get(target)
-            if failed_at is not None and time.monotonic() - failed_at < self.settings.load_retry_s:
+            if state.recent_failure(target, self.settings.load_retry_s) is not None:
                 return
             try:
                 new = await self._load(state.name, target)
@@ -239,7 +246,7 @@ class ModelManager:
     def _load_failed(self, state: ModelState, version: int, exc: Exception) -> None:
         message = exc.message if isinstance(exc, RegistryError) else str(exc)
         state.last_error = f"{state.name} v{version} failed to load: {message}"
-        state.failed[version] = time.monotonic()
+        state.failed[version] = (time.monotonic(), state.last_error)
         self.metrics.load_failures.labels(state.name, str(version)).inc()
 
     async def _fall_back(self, state: ModelState, target: int) -> None:
@@ -396,10 +403,7 @@ class ModelManager:
         if self.settings.pinned_cache_size == 0:
             return f"{name} v{version} is not loaded, and loading versions on demand is off (SERVE_PINNED_CACHE_SIZE=0)"
         state = self.states.get(name)
-        failed_at = state.failed.get(version) if state is not None else None
-        if failed_at is not None and time.monotonic() - failed_at < self.settings.load_retry_s:
-            return f"{name} v{version} failed to load: {state.last_error if state else ''}".rstrip(": ")
-        return None
+        return state.recent_failure(version, self.settings.load_retry_s) if state is not None else None
 
     def default_model(self) -> str:
         if self.settings.default_model:

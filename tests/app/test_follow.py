@@ -118,6 +118,10 @@ async def test_a_broken_version_is_never_swapped_in(served_backend: Backend, tmp
         assert expected in ready.json()["models"]["colors"]["error"]
         metrics = (await client.get("/metrics")).text
         assert f'model_load_failures_total{{model="colors",version="{info.version}"}} 1.0' in metrics
+        # Asked whether that version is ready, the server says why not, in that version's own words.
+        r = await client.get(f"/v2/models/colors/versions/{info.version}/ready")
+        assert r.status_code == 503
+        assert r.json()["error"].count("failed to load") == 1 and expected in r.json()["error"]
 
         # Ops roll the alias back to the version still served: the error goes with its cause.
         with served_backend.registry() as reg:
