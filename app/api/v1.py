@@ -27,43 +27,31 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "overloaded (see Retry-After) or the model is not loaded yet"},
 }
 
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "image": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "the legacy `/predict` contract's field",
-                        },
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
 
-LEGACY_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "string", "format": "binary", "description": "the image"}},
-                    "required": ["image"],
-                }
+def _upload_body(fields: dict[str, Any], *, required: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route: a form with ``fields``, or one raw image."""
+    form: dict[str, Any] = {"type": "object", "properties": fields}
+    if required:
+        form["required"] = required
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": form},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
             },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+        }
     }
-}
+
+
+IMAGE_FILE = {"type": "string", "format": "binary"}
+UPLOAD_BODY = _upload_body(
+    {
+        "images": {"type": "array", "items": IMAGE_FILE},
+        "image": {**IMAGE_FILE, "description": "the legacy `/predict` contract's field"},
+    }
+)
+LEGACY_BODY = _upload_body({"image": {**IMAGE_FILE, "description": "the image"}}, required=["image"])
 
 TopKQuery = Annotated[int, Query(ge=1, le=1000, description="how many labels to rank per image")]
 
