@@ -51,7 +51,6 @@ async def read_uploads(request: Request, limits: LimitSettings, fields: tuple[st
                 names = " or ".join(repr(f) for f in fields)
                 hint = " (got a text field, not a file)" if uploads else ""
                 raise BadRequestError(f"no image file in the form: send one or more files in the field {names}{hint}")
-            _check_count(len(files), limits)
             return [await f.read() for f in files]
         finally:
             await form.close()
@@ -65,11 +64,6 @@ async def read_uploads(request: Request, limits: LimitSettings, fields: tuple[st
     raise UnsupportedMediaError(
         f"unsupported content type {content_type!r}: send multipart/form-data or an image/* body"
     )
-
-
-def _check_count(count: int, limits: LimitSettings) -> None:
-    if count > limits.max_images_per_request:
-        raise PayloadTooLargeError(f"{count} images in one request, the limit is {limits.max_images_per_request}")
 
 
 async def decode_all(
