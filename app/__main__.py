@@ -2,7 +2,8 @@
 
 The server's libraries are imported after the arguments are parsed, so `--help` answers at once.
 A configuration that cannot work (a malformed setting, a placeholder token) ends the process
-with one line on stderr and exit status 2.
+with one line on stderr and exit status 2; a required GPU that ONNX Runtime cannot use, with
+status 3.
 """
 
 from __future__ import annotations
@@ -10,12 +11,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="imgserve", description="Serve registered image classifiers over HTTP.")
     parser.add_argument("--host", default=None, help="default 127.0.0.1 (SERVE_HOST)")
     parser.add_argument("--port", type=int, default=None, help="default 8000 (SERVE_PORT)")
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="front-end processes (SERVE_WORKERS); default auto: the CPUs this process may use. With 2 or "
+        "more, one inference process runs the models for all of them",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,12 +37,25 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()
         updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         settings = settings.model_copy(update=updates)
+        workers = _workers(args.workers if args.workers is not None else settings.workers)
         import uvicorn
 
         from app.main import create_app
         from app.protocol import protocol_with
 
-        app = create_app(settings)
+        app = create_app(settings)  # checks what the processes of a multi-worker host would check too
+        if settings.require_gpu:
+            from app.backend import GpuUnavailableError, choose_providers
+
+            try:
+                choose_providers(settings.providers, require_gpu=True)
+            except GpuUnavailableError as exc:
+                _fail(str(exc), status=3)
+        if workers > 1:
+            from app.host import Supervisor
+
+            supervisor = Supervisor(host=settings.host, port=settings.port, workers=workers, log_level=args.log_level)
+            sys.exit(supervisor.run())
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "__".join(str(part) for part in first["loc"]).upper()
@@ -53,9 +74,23 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def _fail(message: str) -> None:
+def _workers(value: int | str) -> int:
+    if value == "auto":
+        from app.cpus import available_cpus
+
+        return available_cpus()
+    try:
+        workers = int(value)
+    except ValueError:
+        raise ValueError(f"invalid --workers {value!r}: a number from 1 to 256, or auto") from None
+    if not 1 <= workers <= 256:
+        raise ValueError(f"invalid --workers {value!r}: a number from 1 to 256, or auto")
+    return workers
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
     print(f"imgserve: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class BatchStats:
     queue_waits: list[float]
     inference_seconds: float
     failed: bool
+    sources: int = 1  # distinct submitters (front-end processes) whose rows the batch holds
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _Pending:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
     enqueued: float
+    source: int
 
 
 class Batcher:
@@ -74,6 +76,7 @@ class Batcher:
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         can_grow: Callable[[int], bool] | None = None,
+        on_drop: Callable[[int], None] | None = None,
         max_concurrent_batches: int = 1,
         name: str = "batcher",
         clock: Callable[[], float] = time.perf_counter,
@@ -86,6 +89,8 @@ class Batcher:
         model's when requests pile up: with one executor thread it starts the moment the previous one
         ends, with no turn of the event loop in between; with more threads, beside it. A partial
         batch still waits for a free model.
+
+        ``on_drop(rows)``: rows skipped because their caller stopped waiting (it hung up).
 
         ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close.
 
@@ -107,6 +112,7 @@ class Batcher:
         self._owns_executor = executor is None
         self._on_batch = on_batch
         self._can_grow = can_grow
+        self._on_drop = on_drop
         self._clock = clock
         self.name = name
         self._queue: deque[_Pending] = deque()
@@ -128,8 +134,9 @@ class Batcher:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.max_concurrent_batches, thread_name_prefix=self.name)
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs."""
+    async def submit(self, rows: np.ndarray, source: int = 0) -> np.ndarray:
+        """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs. ``source`` names
+        the submitter (a front-end process), for the statistics."""
         if self._closing:
             raise BatcherClosedError(f"{self.name} is shutting down")
         if self._loop is None:
@@ -140,7 +147,7 @@ class Batcher:
         if self._queued_rows + count > self.max_queue_rows:
             raise QueueFullError(f"{self.name}: {self._queued_rows} rows queued, limit {self.max_queue_rows}")
         future: asyncio.Future[np.ndarray] = self._loop.create_future()
-        self._queue.append(_Pending(rows, future, self._clock()))
+        self._queue.append(_Pending(rows, future, self._clock(), source))
         self._queued_rows += count
         self._schedule()
         return await future
@@ -207,17 +214,22 @@ class Batcher:
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
-        rows = 0
+        rows = dropped = 0
         while self._queue:
             item = self._queue[0]
+            if item.future.done():  # the caller went away (cancelled): its rows are not run
+                self._queue.popleft()
+                self._queued_rows -= len(item.rows)
+                dropped += len(item.rows)
+                continue
             if batch and rows + len(item.rows) > self.max_batch_size:
                 break
             self._queue.popleft()
             self._queued_rows -= len(item.rows)
-            if item.future.done():  # the caller went away (cancelled)
-                continue
             batch.append(item)
             rows += len(item.rows)
+        if dropped and self._on_drop is not None:
+            self._on_drop(dropped)
         return batch
 
     def _start(self, batch: list[_Pending]) -> None:
@@ -283,5 +295,6 @@ class Batcher:
                         queue_waits=[began - item.enqueued for item in batch],
                         inference_seconds=(ended if ended is not None else self._clock()) - began,
                         failed=failed,
+                        sources=len({item.source for item in batch}),
                     )
                 )

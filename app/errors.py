@@ -78,7 +78,7 @@ class UnavailableError(ApiError):
     status_code = 503
 
 
-_REGISTRY_STATUS: dict[type[registry_errors.RegistryError], int] = {
+REGISTRY_STATUS: dict[type[registry_errors.RegistryError], int] = {
     registry_errors.NotFoundError: 404,
     registry_errors.InvalidInputError: 400,
     registry_errors.ConflictError: 409,
@@ -126,7 +126,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(registry_errors.RegistryError)
     async def _registry_error(request: Request, exc: registry_errors.RegistryError) -> JSONResponse:
-        status = next((code for cls, code in _REGISTRY_STATUS.items() if isinstance(exc, cls)), 500)
+        status = next((code for cls, code in REGISTRY_STATUS.items() if isinstance(exc, cls)), 500)
         if status >= 500:
             log.error("registry error on %s: %s", request.url.path, exc.message)
         return error_response(request, status, exc.message)

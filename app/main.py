@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,9 +21,11 @@ from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers, release_freed_memory
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
+from app.ipc import RemoteServing
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
+from app.serving import AsyncRegistry, LocalServing, Serving
 from app.settings import Settings, get_settings
 from registry import Registry, VersionInfo
 from registry.cache import CachedStore
@@ -82,7 +89,23 @@ def _complete_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class FrontEnd:
+    """How a front-end process reaches its host's inference process (`python -m app --workers N`)."""
+
+    run_dir: Path
+    slot: int
+    metrics_dir: Path
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend_factory: BackendFactory | None = None,
+    front_end: FrontEnd | None = None,
+) -> FastAPI:
+    """The server. Without ``front_end``, it loads and runs the models itself; with it, it is one of
+    several front-end processes and the host's inference process runs them (`app.ipc`)."""
     settings = settings or get_settings()
     tokens = admin_tokens(settings)  # a malformed SERVE_ADMIN_TOKENS fails here, before serving
     metrics = Metrics()
@@ -90,55 +113,51 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        factory = backend_factory or ort_backend_factory(settings)
         registry = Registry.from_settings(settings.registry)
-        cache = None
-        if settings.artifact_cache_dir is not None:
-            cache = registry.store = CachedStore(
-                registry.store, settings.artifact_cache_dir, max_bytes=settings.artifact_cache_max_bytes
-            )
         decode_executor = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        inference_executor = ThreadPoolExecutor(settings.batching.inference_threads, thread_name_prefix="inference")
         loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
 
         def trim_after_burst() -> None:  # nothing is being decoded: give the decoders' heap back
             decode_executor.submit(release_freed_memory)
 
-        decode_budget = DecodeBudget(settings.limits.decode_capacity_pixels, on_idle=trim_after_burst)
-        manager = ModelManager(
-            settings=settings,
-            registry=registry,
-            metrics=metrics,
-            backend_factory=factory,
-            inference_executor=inference_executor,
-            loader_executor=loader_executor,
-            can_grow=inflight.others_than,
-        )
-        collector = StateCollector(
-            manager.snapshot,
-            lambda: (inflight.value, inflight.receiving),
-            cache_counts=(lambda: cache.counts) if cache is not None else None,
-        )
-        metrics.add_collector(collector)
         app.state.settings = settings
         app.state.admin_tokens = tokens
         app.state.metrics = metrics
-        app.state.manager = manager
+        app.state.registry = AsyncRegistry(registry, loader_executor)
         app.state.decode_executor = decode_executor
-        app.state.decode_budget = decode_budget
-        try:
-            await manager.start()
+        app.state.decode_budget = DecodeBudget(settings.limits.decode_capacity_pixels, on_idle=trim_after_burst)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(registry.close)
+            stack.callback(loader_executor.shutdown, wait=True)
+            stack.callback(decode_executor.shutdown, wait=True)
+            if front_end is None:
+                local = await stack.enter_async_context(
+                    local_serving(
+                        settings,
+                        registry,
+                        metrics,
+                        can_grow=inflight.others_than,
+                        backend_factory=backend_factory,
+                        loader_executor=loader_executor,
+                    )
+                )
+                collector = StateCollector(
+                    lambda: local.manager.view().loaded,
+                    lambda: (inflight.value, inflight.receiving),
+                    cache_counts=local.cache_counts,
+                )
+                metrics.add_collector(collector)
+                stack.callback(metrics.registry.unregister, collector)
+                await local.manager.start()
+                serving: Serving = local
+            else:
+                serving = await stack.enter_async_context(_remote_serving(settings, front_end, inflight, metrics))
+            app.state.serving = serving
             # Everything built so far lives as long as the process: move it out of the collector's
             # view so full collections under load do not walk it (they showed up as p99 spikes).
             gc.collect()
             gc.freeze()
             yield
-        finally:
-            await manager.stop()
-            metrics.registry.unregister(collector)
-            for pool in (decode_executor, inference_executor, loader_executor):
-                pool.shutdown(wait=True)
-            registry.close()
 
     app = FastAPI(
         title="imgserve",
@@ -173,3 +192,74 @@ def create_app(settings: Settings | None = None, *, backend_factory: BackendFact
     routes = [route for router in (v1.router, admin.router, v2.router, health.router) for route in router.routes]
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes)
     return app
+
+
+@asynccontextmanager
+async def local_serving(
+    settings: Settings,
+    registry: Registry,
+    metrics: Metrics,
+    *,
+    can_grow: Callable[[int], bool],
+    backend_factory: BackendFactory | None,
+    loader_executor: ThreadPoolExecutor,
+) -> AsyncIterator[LocalServing]:
+    """The model manager of this process with its inference threads; the caller starts it
+    (``serving.manager.start()``), leaving the context stops it and drains its batchers."""
+    cache = None
+    if settings.artifact_cache_dir is not None:
+        cache = registry.store = CachedStore(
+            registry.store, settings.artifact_cache_dir, max_bytes=settings.artifact_cache_max_bytes
+        )
+    inference_executor = ThreadPoolExecutor(settings.batching.inference_threads, thread_name_prefix="inference")
+    manager = ModelManager(
+        settings=settings,
+        registry=registry,
+        metrics=metrics,
+        backend_factory=backend_factory or ort_backend_factory(settings),
+        inference_executor=inference_executor,
+        loader_executor=loader_executor,
+        can_grow=can_grow,
+    )
+    try:
+        yield LocalServing(manager, metrics, cache_counts=(lambda: cache_counts(cache)) if cache is not None else None)
+    finally:
+        await manager.stop()
+        inference_executor.shutdown(wait=True)
+
+
+def cache_counts(cache: CachedStore) -> dict[str, int]:
+    counts = cache.counts
+    return {"hit": counts.hits, "miss": counts.misses, "corrupt": counts.corrupt}
+
+
+@asynccontextmanager
+async def _remote_serving(
+    settings: Settings, front_end: FrontEnd, inflight: InflightCounter, metrics: Metrics
+) -> AsyncIterator[RemoteServing]:
+    """A front end's link to its host's inference process; its /metrics shows the whole host."""
+    serving = RemoteServing(
+        front_end.run_dir,
+        slot=front_end.slot,
+        counter=inflight,
+        timeout_s=settings.inference_timeout_s,
+        alias=settings.alias,
+    )
+    inflight.on_idle = serving.went_idle
+
+    def host_inflight() -> tuple[int, int]:
+        workers = serving.view().workers or {}
+        return int(workers.get("inflight", inflight.value)), int(workers.get("receiving", inflight.receiving))
+
+    metrics.use_multiprocess(
+        front_end.metrics_dir,
+        StateCollector(lambda: serving.view().loaded, host_inflight, cache_counts=lambda: serving.view().cache_counts),
+    )
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, serving.inference_died)  # sent by the supervisor
+    await serving.start()
+    try:
+        yield serving
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        await serving.close()

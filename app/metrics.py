@@ -1,13 +1,23 @@
-"""Prometheus metrics of one app instance (its own registry, so tests can build many apps)."""
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps).
+
+With several workers (`python -m app --workers N`) every process of the host counts into files
+of one directory (prometheus_client's multiprocess mode) and a front end's /metrics adds them up:
+counters and histograms summed over the processes, batch, queue and inference metrics from the
+inference process. Each process writes under its slot's name (`frontend-3`, `inference`), not its
+pid, so a restarted process continues its slot's counters and the files do not multiply.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +49,13 @@ class Metrics:
             "batch_inference_seconds", "ONNX Runtime time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.batch_size = Histogram("batch_size_rows", "Rows per batch", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_sources = Histogram(
+            "batch_front_ends",
+            "Front-end processes whose rows share a batch (1 with one worker)",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.batch_failures = Counter("batch_failures", "Batches that failed", ["model"], registry=r)
         self.images = Counter("images_predicted", "Images classified", ["model"], registry=r)
         self.rejected = Counter(
@@ -52,11 +69,19 @@ class Metrics:
         self.shed = Counter(
             "requests_shed_overload", "Inference requests refused with 503 unread: too many in flight", registry=r
         )
+        self.dropped = Counter(
+            "batch_rows_dropped",
+            "Rows taken out of a batch queue unrun: their clients hung up while they waited",
+            ["model"],
+            registry=r,
+        )
+        self._render_registry: CollectorRegistry = self.registry
 
     def batch_hook(self, model: str) -> Callable[[BatchStats], None]:
         queue_wait = self.queue_wait.labels(model)
         inference = self.inference.labels(model)
         batch_size = self.batch_size.labels(model)
+        sources = self.batch_sources.labels(model)
         failures = self.batch_failures.labels(model)
 
         def observe(stats: BatchStats) -> None:
@@ -64,6 +89,7 @@ class Metrics:
                 queue_wait.observe(wait)
             inference.observe(stats.inference_seconds)
             batch_size.observe(stats.rows)
+            sources.observe(stats.sources)
             if stats.failed:
                 failures.inc()
 
@@ -72,21 +98,38 @@ class Metrics:
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
 
+    def use_multiprocess(self, directory: Path, collector: Collector) -> None:
+        """Render the host's metrics: every process's files in ``directory``, plus ``collector``."""
+        render = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(render, path=str(directory))  # type: ignore[no-untyped-call]
+        render.register(collector)
+        self._render_registry = render
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._render_registry)
+
+
+def count_in_files(directory: Path, identity: str) -> None:
+    """From now on, metrics made in this process count into ``directory`` under ``identity``.
+    Call it before the first `Metrics` is made."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue(lambda: identity)  # type: ignore[no-untyped-call]
 
 
 class StateCollector(Collector):
-    """Gauges read at scrape time from the model manager's state and the admission gate."""
+    """Gauges read at scrape time: loaded versions and their queues (from the host's view), requests
+    in flight, and the artifact cache's reads."""
 
     def __init__(
         self,
-        snapshot: Callable[[], list[dict[str, Any]]],
+        loaded: Callable[[], list[Any]],
         inflight: Callable[[], tuple[int, int]] | None = None,
         *,
-        cache_counts: Callable[[], Any] | None = None,
+        cache_counts: Callable[[], dict[str, int] | None] | None = None,
     ) -> None:
-        self._snapshot = snapshot
+        """``loaded``: the loaded versions (`app.serving.ServedVersion`); ``cache_counts``: hits,
+        misses and corrupt reads of the artifact cache, None without one."""
+        self._loaded = loaded
         self._inflight = inflight
         self._cache_counts = cache_counts
 
@@ -99,14 +142,14 @@ class StateCollector(Collector):
         queue = GaugeMetricFamily(
             "batch_queue_rows", "Rows waiting in each version's queue", labels=["model", "version"]
         )
-        for entry in self._snapshot():
-            version = str(entry["version"])
-            loaded.add_metric([entry["model"], version, entry["role"], entry["provider"]], 1)
-            queue.add_metric([entry["model"], version], entry["queued_rows"])
+        for entry in self._loaded():
+            version = str(entry.version)
+            loaded.add_metric([entry.name, version, entry.role, entry.provider], 1)
+            queue.add_metric([entry.name, version], entry.queued_rows)
         yield loaded
         yield queue
-        if self._cache_counts is not None:
-            counts = self._cache_counts()
+        counts = self._cache_counts() if self._cache_counts is not None else None
+        if counts is not None:
             reads = CounterMetricFamily(
                 "artifact_cache_reads",
                 "Artifact reads by the local cache's answer: hit, miss (read from the store), corrupt (a cache "
@@ -114,7 +157,7 @@ class StateCollector(Collector):
                 labels=["result"],
             )
             for result in ("hit", "miss", "corrupt"):
-                reads.add_metric([result], getattr(counts, {"hit": "hits", "miss": "misses"}.get(result, result)))
+                reads.add_metric([result], counts[result])
             yield reads
         if self._inflight is not None:
             admitted, receiving = self._inflight()

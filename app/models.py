@@ -34,6 +34,7 @@ from app.backend import GpuUnavailableError, InferenceBackend, release_freed_mem
 from app.batcher import Batcher
 from app.errors import BadRequestError, NotFoundError, UnavailableError
 from app.metrics import Metrics
+from app.serving import HostView, ModelView, ServedVersion
 from app.settings import Settings
 from core.contract import contract_changes, to_probabilities
 from registry import AliasMove, Registry, VersionInfo
@@ -66,8 +67,8 @@ class LoadedVersion:
         providers = self.backend.providers
         return providers[0] if providers else "unknown"
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
-        raw = await self.batcher.submit(images)
+    async def predict(self, images: np.ndarray, source: int = 0) -> np.ndarray:
+        raw = await self.batcher.submit(images, source)
         return to_probabilities(raw, self.info.contract.output.kind)
 
     def acquire(self) -> bool:
@@ -303,6 +304,7 @@ class ModelManager:
             executor=self._inference_executor,
             on_batch=self.metrics.batch_hook(name),
             can_grow=self._can_grow,
+            on_drop=self.metrics.dropped.labels(name).inc,
             max_concurrent_batches=b.max_concurrent_batches,
             name=f"{name} v{version}",
         )
@@ -342,7 +344,10 @@ class ModelManager:
 
     async def _resolve(self, name: str, version: int | None, alias: str | None) -> LoadedVersion:
         if version is None and (alias is None or alias == self.settings.alias):
-            state = self.served_state(name)
+            state = self.states.get(name)
+            if state is None:
+                self.view().served(name)  # raises: 503 while the registry has not answered, else 404
+                raise NotFoundError(f"model {name!r} is not served")  # pragma: no cover - served() raised
             if state.current is None:
                 raise UnavailableError(
                     f"model {name!r} is not loaded yet: {state.last_error or 'loading'}", headers={"Retry-After": "2"}
@@ -383,35 +388,6 @@ class ModelManager:
             self._retire_later(evicted)
         return loaded
 
-    def served_state(self, name: str) -> ModelState:
-        """The state of a served model: 404 if it is not served, 503 while the registry has never
-        answered (what is served is not known yet)."""
-        state = self.states.get(name)
-        if state is not None:
-            return state
-        if not self.synced:
-            reason = self.last_poll_error or "starting"
-            raise UnavailableError(
-                f"model {name!r} is not known yet: the registry has not answered ({reason})",
-                headers={"Retry-After": "2"},
-            )
-        raise NotFoundError(f"model {name!r} is not served (served: {', '.join(sorted(self.states)) or 'none'})")
-
-    def why_not_loadable(self, name: str, version: int) -> str | None:
-        """Why a request for ``name`` v``version`` (not loaded here) would be refused now; None if it
-        would be loaded and served."""
-        if self.settings.pinned_cache_size == 0:
-            return f"{name} v{version} is not loaded, and loading versions on demand is off (SERVE_PINNED_CACHE_SIZE=0)"
-        state = self.states.get(name)
-        return state.recent_failure(version, self.settings.load_retry_s) if state is not None else None
-
-    def default_model(self) -> str:
-        if self.settings.default_model:
-            return self.settings.default_model
-        if not self.states:
-            raise UnavailableError("no model is served yet", headers={"Retry-After": "2"})
-        return sorted(self.states)[0]
-
     def forget_alias_cache(self, name: str) -> None:
         for key in [k for k in self._alias_cache if k[0] == name]:
             del self._alias_cache[key]
@@ -423,17 +399,39 @@ class ModelManager:
         entries.extend(("pinned", v) for v in self.pinned.values())
         return entries
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "model": v.name,
-                "version": v.version,
-                "role": role,
-                "provider": v.provider,
-                "queued_rows": v.batcher.queued_rows,
-            }
-            for role, v in self.loaded_versions()
-        ]
+    def view(self) -> HostView:
+        """What is served, loaded and failing, as plain data (`app.serving`)."""
+        wall = time.time() - time.monotonic()  # failures are timed on the monotonic clock
+        loaded = self.loaded_versions()
+        return HostView(
+            alias=self.settings.alias,
+            started=self.started,
+            synced=self.synced,
+            last_poll_error=self.last_poll_error,
+            models={
+                name: ModelView(
+                    name=name,
+                    current=state.current.version if state.current is not None else None,
+                    aliases=dict(state.aliases),
+                    last_error=state.last_error,
+                    failed={version: (wall + when, why) for version, (when, why) in state.failed.items()},
+                )
+                for name, state in self.states.items()
+            },
+            loaded=[
+                ServedVersion(
+                    name=v.name,
+                    version=v.version,
+                    role=role,
+                    provider=v.provider,
+                    providers=v.backend.providers,
+                    queued_rows=v.batcher.queued_rows,
+                    loaded_at=v.loaded_at,
+                )
+                for role, v in loaded
+            ],
+            infos={(v.name, v.version): v.info for _, v in loaded},
+        )
 
 
 def _describe(loaded: LoadedVersion | None) -> str:

@@ -6,6 +6,9 @@ connections stayed open indefinitely. Here every request's headers must be compl
 `header_timeout` seconds of the connection opening, or of the request's first byte; past it
 the connection gets a 408 and is closed.
 
+When a connection is lost while its request still waits for an answer, the request is told
+(`app.disconnect`), so rows nobody will read are not computed.
+
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
 """
@@ -14,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.disconnect import hang_up
 
 TIMEOUT_BODY = json.dumps({"error": "request headers not received in time"}).encode()
 TIMEOUT_RESPONSE = (
@@ -50,7 +56,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            hang_up(
+                cast("MutableMapping[str, Any]", cycle.scope)
+            )  # a request waiting for its batch stops waiting (app.disconnect)
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)

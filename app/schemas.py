@@ -59,3 +59,9 @@ class HealthResponse(BaseModel):
     status: str
     models: dict[str, Any] = {}
     registry_error: str | None = None
+    inference_error: str | None = Field(
+        None, description="with several workers: why the host's inference process cannot be reached"
+    )
+    workers: dict[str, Any] | None = Field(
+        None, description="with several workers: the front-end processes up and the inference process"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import Any
@@ -17,14 +17,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.batcher import BatcherClosedError, InferenceError, QueueFullError
-from app.errors import ApiError, BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
+from app.errors import BadRequestError, PayloadTooLargeError, UnavailableError, UnsupportedMediaError
 from app.limits import DecodeBudget
-from app.metrics import Metrics
-from app.models import LoadedVersion, ModelManager
+from app.serving import Serving
 from app.settings import LimitSettings, Settings
 from core.imaging import ImageTooLargeError, decoded_pixels, open_image, to_array
-from registry import ModelContract
+from registry import ModelContract, VersionInfo
 
 IMAGE_FIELDS = ("images", "image")
 DECODE_CHUNKS = 2
@@ -170,46 +168,32 @@ def _close(images: list[Image.Image]) -> None:
         img.close()
 
 
-async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
-    try:
-        probabilities = await loaded.predict(images)
-    except QueueFullError:
-        metrics.rejected.labels(loaded.name).inc()
-        raise UnavailableError(
-            f"server overloaded: the queue for {loaded.name} v{loaded.version} is full, retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except BatcherClosedError:
-        raise UnavailableError("model version is shutting down, retry", headers={"Retry-After": "1"}) from None
-    except InferenceError as exc:
-        raise ApiError(f"inference failed on {loaded.name} v{loaded.version}: {exc}") from None
-    metrics.images.labels(loaded.name).inc(len(images))
-    return probabilities
-
-
 async def classify(
-    manager: ModelManager,
+    serving: Serving,
     name: str,
     blobs: list[bytes],
     *,
     settings: Settings,
-    metrics: Metrics,
     executor: Executor,
     version: int | None = None,
     alias: str | None = None,
     budget: DecodeBudget | None = None,
-) -> tuple[LoadedVersion, np.ndarray]:
-    """Decode ``blobs`` for the version that will serve them and run them through its batcher."""
-    async with manager.lease(name, version=version, alias=alias) as loaded:
-        images = await decode_all(
+    scope: MutableMapping[str, Any] | None = None,
+) -> tuple[VersionInfo, np.ndarray]:
+    """Decode ``blobs`` for the version that will serve them and run them through its batcher.
+    With ``scope`` (the request's), a client that hangs up while its rows wait has them dropped."""
+
+    async def prepare(info: VersionInfo) -> np.ndarray:
+        return await decode_all(
             blobs,
-            loaded.info.contract,
+            info.contract,
             settings.limits,
             executor,
             inline_pixels=settings.decode_inline_pixels,
             budget=budget,
         )
-        return loaded, await run_batched(loaded, images, metrics)
+
+    return await serving.infer(name, prepare, version=version, alias=alias, scope=scope)
 
 
 def rank(probabilities: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:

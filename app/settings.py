@@ -89,6 +89,15 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (also --host); 0.0.0.0 in the images")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (also --port)")
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="front-end processes (also --workers); auto: the CPUs this process may use (affinity and "
+        "cgroup quota). With 2 or more, one inference process per device runs the models for all of them; "
+        "with 1, the server is one process",
+    )
+    inference_timeout_s: float = Field(
+        30.0, gt=0, description="with several workers: how long a front end waits for the inference process (503)"
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"
     )
@@ -141,6 +150,13 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(
         default_factory=RegistrySettings, description="read from REGISTRY_* variables, as the CLI does"
     )
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("workers must be between 1 and 256, or auto")
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

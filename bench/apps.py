@@ -2,7 +2,8 @@
 
 - `trivial_app`: an endpoint that does nothing: the HTTP ceiling.
 - `naive_app`: the original's approach without its per-request model loading: decode and
-  run ONNX Runtime per request, batch of one, on the event loop.
+  run ONNX Runtime per request, batch of one, in the app's thread pool (not on the event loop),
+  run with as many uvicorn workers as the server has front ends.
 - `admission_floor_app`: the server's admission gate (`AdmissionMiddleware`, the same 503s)
   in front of a bare ASGI endpoint that reads the body and answers at once, with no FastAPI
   and no model: what S5's accepted latency can be on this uvicorn and event loop at best.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from starlette.types import Receive, Scope, Send
 
@@ -48,16 +50,22 @@ async def _load_model(app: FastAPI) -> AsyncIterator[None]:
 naive_app = FastAPI(lifespan=_load_model)
 
 
-@naive_app.post("/predict")
-async def naive_predict(request: Request) -> dict[str, object]:
-    contract = request.app.state.meta["contract"]
+def _naive_classify(app: FastAPI, body: bytes) -> dict[str, object]:
+    contract = app.state.meta["contract"]
     height, width = contract["preprocessing"]["size"]
-    body = await request.body()
-    img = Image.open(io.BytesIO(body)).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    img = Image.open(io.BytesIO(body))
+    img.draft("RGB", (width, height))  # JPEG: decode at the smallest scale that still covers the size
+    img = img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     batch = np.asarray(img, dtype=np.uint8)[np.newaxis]
-    probabilities = request.app.state.session.run(None, {contract["input"]["name"]: batch})[0][0]
+    probabilities = app.state.session.run(None, {contract["input"]["name"]: batch})[0][0]
     best = int(np.argmax(probabilities))
     return {"prediction": contract["labels"][best], "score": float(probabilities[best])}
+
+
+@naive_app.post("/predict")
+async def naive_predict(request: Request) -> dict[str, object]:
+    body = await request.body()
+    return await run_in_threadpool(_naive_classify, request.app, body)
 
 
 _NOOP_ANSWER = b'{"prediction":"0","score":1.0}'

@@ -8,6 +8,33 @@ from pathlib import Path
 from typing import Any
 
 X = "\u00d7"
+SCALED = [
+    ("S1 png raw", 1),
+    ("S1 png raw", 32),
+    ("S2 photo jpeg", 32),
+    ("S3 16 png multipart", 8),
+    ("S4 v2 binary uint8 x8", 8),
+]
+
+
+def _previous(results: dict[str, Any]) -> str:
+    for s in results["scenarios"]:
+        if s["target"].startswith("previous "):
+            return str(s["target"])
+    raise KeyError("previous")
+
+
+def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
+    """Throughput of 2 workers on 2 cores over twice that of 1 worker pinned to 1 core, per scenario."""
+    out = {}
+    for name, c in SCALED:
+        try:
+            two = _find(results, name, "w2", c)["throughput_rps"]
+            pinned = _find(results, name, "w1 on 1 core", c)["throughput_rps"]
+        except KeyError:
+            continue
+        out[f"{name} c={c}"] = two / (2 * pinned)
+    return out
 
 
 def _find(results: dict[str, Any], name: str, target: str, concurrency: int | None = None) -> dict[str, Any]:
@@ -86,6 +113,44 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             X,
         ),
+        (
+            "S1 c=1 throughput / naive",
+            lambda: s("S1 png raw", concurrency=1)["throughput_rps"] / s("S1 png raw", "naive", 1)["throughput_rps"],
+            1.0,
+            True,
+            X,
+        ),
+        *(
+            (
+                f"S7 {name} c={c}: 2 workers / 1",
+                (lambda name=name, c=c: s(name, "w2", c)["throughput_rps"] / s(name, "w1", c)["throughput_rps"]),
+                1.15 if name.startswith("S2") else 1.0,
+                True,
+                X,
+            )
+            for name, c in SCALED
+        ),
+        (
+            "S7 hop: p50 at c=1, 2 workers - 1 (ms)",
+            lambda: s("S1 png raw", "w2", 1)["p50_ms"] - s("S1 png raw", "w1", 1)["p50_ms"],
+            0.3,
+            False,
+            "ms",
+        ),
+        *(
+            (
+                f"S7 {name} c={c}: 1 worker / previous server",
+                (
+                    lambda name=name, c=c: (
+                        s(name, "w1", c)["throughput_rps"] / s(name, _previous(results), c)["throughput_rps"]
+                    )
+                ),
+                0.9,
+                True,
+                X,
+            )
+            for name, c in SCALED
+        ),
         ("start to ready (s)", lambda: results["server"]["start_to_ready_s"], 3.0, False, "s"),
         ("RSS after run (MB)", lambda: results["server"]["rss_mb_after_run"], 300, False, "MB"),
     ]
@@ -161,6 +226,12 @@ def markdown(results: dict[str, Any]) -> str:
         )
     except KeyError:
         pass
+    efficiency = scaling_efficiency(results)
+    if efficiency:
+        lines.append(
+            "- S7 scaling efficiency (2 workers on 2 cores / twice 1 worker pinned to 1 core; the load generator "
+            "shares the cores): " + ", ".join(f"{name} {value:.2f}" for name, value in efficiency.items())
+        )
     lines += [
         "",
         "| scenario | target | c | req/s | images/s | p50 ms | p90 ms | p99 ms | errors | non-200 | mean batch "
@@ -231,6 +302,40 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_scaling(results: dict[str, Any], path: Path) -> bool:
+    """Throughput against workers for S1-S4 (S7); False when the run has no scaling results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for name, c in SCALED:
+        points = sorted(
+            (int(s["target"][1:]), s["images_per_s"])
+            for s in results["scenarios"]
+            if s.get("scaling") and s["name"] == name and s["concurrency"] == c and s["target"][1:].isdigit()
+        )
+        if not points:
+            continue
+        drawn = True
+        ax.plot([w for w, _ in points], [v for _, v in points], marker="o", label=f"{name} c={c}")
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set(xlabel="workers (front-end processes)", ylabel="images/s", title="S7: throughput against workers")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    m = results["machine"]
+    fig.suptitle(f"{m['cores']} cores, {m['cpu_model']}, {m.get('provider', '')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['date'][:10]}-{results['machine']['host']}"
@@ -244,4 +349,8 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
     plot(results, png_path)
-    return [json_path, md_path, png_path]
+    paths = [json_path, md_path, png_path]
+    scaling_path = out / f"{stem}-scaling.png"
+    if plot_scaling(results, scaling_path):
+        paths.append(scaling_path)
+    return paths

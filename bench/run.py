@@ -35,6 +35,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from app.backend import GpuUnavailableError, choose_providers
+from app.cpus import available_cpus
 from bench import inprocess, report
 from bench.loadgen import LoadResult, run_load
 from bench.slowclients import Tricklers
@@ -42,7 +43,7 @@ from registry import ModelContract
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "china.jpg"  # scikit-learn's bundled 640x427 JPEG
-SCENARIOS = {"S1", "S2", "S3", "S4", "S5", "S6"}
+SCENARIOS = {"S1", "S2", "S3", "S4", "S5", "S6", "S7"}
 SLOW_CLIENTS = 100
 
 
@@ -97,25 +98,45 @@ class Proc:
     url: str
     ready_after_s: float
 
+    def pids(self) -> list[int]:
+        """The process and its descendants (a multi-worker server's front ends and inference process)."""
+        found, todo = [], [self.popen.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(child) for child in (task / "children").read_text().split())
+        return found
+
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the whole process tree (live processes: one that died takes its time along)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the whole process tree."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
 
 @contextmanager
-def start(command: list[str], env: dict[str, str], probe: str, log: Path):
+def start(command: list[str], env: dict[str, str], probe: str, log: Path, cwd: Path = ROOT):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         started = time.perf_counter()
         popen = subprocess.Popen(
-            [*command, "--port", str(port)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [*command, "--port", str(port)], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
         )
         try:
             while True:
@@ -138,8 +159,44 @@ def start(command: list[str], env: dict[str, str], probe: str, log: Path):
                 popen.kill()
 
 
-def uvicorn_app(target: str) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+def uvicorn_app(target: str, workers: int = 1) -> list[str]:
+    command = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--no-access-log", "--log-level"]
+    return [*command, "warning", *(["--workers", str(workers)] if workers > 1 else [])]
+
+
+def server(workers: int | None = None, *, pin: str | None = None) -> list[str]:
+    """``python -m app``; ``pin``: CPUs for `taskset -c`."""
+    command = [sys.executable, "-m", "app", "--log-level", "warning"]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    return ["taskset", "-c", pin, *command] if pin else command
+
+
+def worker_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to the core count, and the core count itself."""
+    counts = {1, cores}
+    count = 2
+    while count < cores:
+        counts.add(count)
+        count *= 2
+    return sorted(counts)
+
+
+@contextmanager
+def previous_checkout(rev: str, work: Path):
+    """A git worktree of ``rev``, to run the server as it was (the same venv, its own code)."""
+    path = work / f"previous-{rev}"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "-f", str(path), rev],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
 
 
 # -- payloads -------------------------------------------------------------------------------
@@ -372,6 +429,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     model_bytes = model.read_bytes()
     r = profile.requests
+    cores = available_cpus()
+    workers = args.workers or cores
+    results["workers"] = workers
 
     print("ONNX Runtime in-process ...", flush=True)
     batches = [1, 8, 16, 32, 64, 128] + ([256] if args.provider == "cuda" else [])
@@ -466,25 +526,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("S2 photo jpeg", "/predict", 32, r["s2"], (jpeg, "image/jpeg", 1, {})),
     ]
 
-    def run_scenarios(target: str, proc: Proc, scenarios: list, *, with_metrics: bool) -> None:
+    def run_scenarios(target: str, proc: Proc, scenarios: list, *, with_metrics: bool, scaling: bool = False) -> None:
         for name, route, c, n, (body, content_type, per_request, headers) in scenarios:
-            if wanted(name):
-                results["scenarios"].append(
-                    measure(
-                        name,
-                        target,
-                        proc,
-                        route,
-                        body,
-                        content_type,
-                        headers=headers,
-                        concurrency=c,
-                        requests=n,
-                        images=per_request,
-                        work=work,
-                        with_metrics=with_metrics,
-                    )
+            if scaling or wanted(name):
+                entry = measure(
+                    name,
+                    target,
+                    proc,
+                    route,
+                    body,
+                    content_type,
+                    headers=headers,
+                    concurrency=c,
+                    requests=n,
+                    images=per_request,
+                    work=work,
+                    with_metrics=with_metrics,
                 )
+                if scaling:
+                    entry["scaling"] = True
+                results["scenarios"].append(entry)
 
     if any(wanted(name) for name, *_ in naive_scenarios):
         print("naive baseline (decode + ORT per request on the event loop) ...", flush=True)
@@ -494,12 +555,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "BENCH_META": str(meta_path),
             "BENCH_PROVIDERS": ",".join(providers),
         }
-        with start(uvicorn_app("bench.apps:naive_app"), naive_env, "/openapi.json", work / "naive.log") as proc:
+        naive = uvicorn_app("bench.apps:naive_app", workers)
+        with start(naive, naive_env, "/openapi.json", work / "naive.log") as proc:
             run_scenarios("naive", proc, naive_scenarios, with_metrics=False)
 
-    print("the server, default settings ...", flush=True)
-    with start([sys.executable, "-m", "app", "--log-level", "warning"], env, "/readyz", work / "server.log") as proc:
-        results["server"] = {"start_to_ready_s": proc.ready_after_s}
+    print(f"the server, default settings ({workers} workers) ...", flush=True)
+    with start(server(), env, "/readyz", work / "server.log") as proc:
+        results["server"] = {"start_to_ready_s": proc.ready_after_s, "workers": workers}
         results["machine"]["provider"] = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
         run_scenarios("server", proc, server_scenarios, with_metrics=True)
         if wanted("S6 beside slow clients"):
@@ -526,6 +588,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     entry["slow_clients"] = {"clients": SLOW_CLIENTS, **dataclasses.asdict(tricklers.stats)}
                 results["scenarios"].append(entry)
         results["server"]["rss_mb_after_run"] = proc.rss_mb()
+
+    if wanted("S7 scaling"):
+        # S1-S4 at 1, 2, 4 ... workers, then the pinned single worker and the server before this change.
+        scaling = [
+            ("S1 png raw", path, 1, r["c1"], one_png),
+            ("S1 png raw", path, 32, r["c32"], one_png),
+            *(entry for entry in server_scenarios if entry[0].startswith(("S2", "S3", "S4"))),
+        ]
+        runs = [(f"w{count}", server(count), ROOT) for count in worker_counts(cores)]
+        if shutil.which("taskset") and cores > 1:
+            runs.append(("w1 on 1 core", server(1, pin="0"), ROOT))
+        with contextlib.ExitStack() as stack:
+            if args.previous:
+                checkout = stack.enter_context(previous_checkout(args.previous, work))
+                runs.append((f"previous {args.previous}", server(pin=None), checkout))
+            for target, command, cwd in runs:
+                print(f"S7 scaling: {target} ...", flush=True)
+                with start(command, env, "/readyz", work / f"scaling-{target.replace(' ', '-')}.log", cwd=cwd) as proc:
+                    run_scenarios(target, proc, scaling, with_metrics=True, scaling=True)
     results["targets"] = report.targets(results)
     return results
 
@@ -544,6 +625,12 @@ def main(argv: list[str] | None = None) -> None:
         help="ONNX Runtime provider for ORT, the baselines and the server (cuda: needs onnxruntime-gpu)",
     )
     parser.add_argument("--only", help="comma-separated scenarios to run, e.g. S1,S3,S4 (default: all)")
+    parser.add_argument(
+        "--workers", type=int, help="the server's workers and the naive baseline's (default: the CPUs available)"
+    )
+    parser.add_argument(
+        "--previous", metavar="REV", help="S7 also runs the server as of this git revision, side by side"
+    )
     args = parser.parse_args(argv)
     results = run(args)
     paths = report.write(results, args.out)

@@ -36,6 +36,7 @@ SLOW_MODULES = {
     "test_smoke",
     "test_training",
     "test_serve_script",
+    "test_workers",
 }
 
 

@@ -24,8 +24,13 @@ def color_classifier(
     gain: float = 10.0,
     bias: float = 0.0,
     permute: tuple[int, int, int] = (0, 1, 2),
+    busy_matmuls: int = 0,
 ) -> Path:
-    """Write an ONNX model: uint8 [N, size, size, 3] → softmax over (R, G, B) or sigmoid of G - R."""
+    """Write an ONNX model: uint8 [N, size, size, 3] → softmax over (R, G, B) or sigmoid of G - R.
+
+    ``busy_matmuls``: every run also multiplies 1024x1024 matrices this many times (about 2 GFLOP
+    each, whatever the batch size) and adds 0 times the result: the same answers, from a model slow
+    enough that requests queue behind it."""
     if kind == "softmax":
         # Channel c scores label permute[c]: the identity maps red→red, (1, 0, 2) maps red→green.
         weights = np.zeros((3, 3), dtype=np.float32)
@@ -42,9 +47,25 @@ def color_classifier(
         helper.make_node("Mul", ["as_float", "scale"], ["scaled"]),
         helper.make_node("ReduceMean", ["scaled"], ["means"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["means", "weights"], ["product"]),
-        helper.make_node("Add", ["product", "bias"], ["logits"]),
+        helper.make_node("Add", ["product", "bias"], ["logits" if not busy_matmuls else "plain_logits"]),
         head,
     ]
+    busy: list[onnx.TensorProto] = []
+    if busy_matmuls:
+        # Tied to the input, so ONNX Runtime cannot fold the products into a constant at load time.
+        nodes[-1:-1] = [
+            helper.make_node("ReduceMean", ["scaled"], ["level"], keepdims=0),
+            helper.make_node("Mul", ["level", "zero"], ["input_zero"]),
+            helper.make_node("Add", ["square", "input_zero"], ["busy0"]),
+            *(helper.make_node("MatMul", [f"busy{i}", "square"], [f"busy{i + 1}"]) for i in range(busy_matmuls)),
+            helper.make_node("ReduceSum", [f"busy{busy_matmuls}"], ["busy_total"], keepdims=0),
+            helper.make_node("Mul", ["busy_total", "zero"], ["busy_zero"]),
+            helper.make_node("Add", ["plain_logits", "busy_zero"], ["logits"]),
+        ]
+        busy = [
+            numpy_helper.from_array(np.eye(1024, dtype=np.float32), "square"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ]
     graph = helper.make_graph(
         nodes,
         "color_classifier",
@@ -54,6 +75,7 @@ def color_classifier(
             numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale"),
             numpy_helper.from_array(weights, "weights"),
             numpy_helper.from_array(np.full((out_dim,), bias, dtype=np.float32), "bias"),
+            *busy,
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

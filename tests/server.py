@@ -25,12 +25,19 @@ def free_port() -> int:
 
 @contextmanager
 def server_process(
-    env: dict[str, str], *, port: int | None = None, ready_timeout: float = 60, log_level: str = "warning"
+    env: dict[str, str],
+    *,
+    port: int | None = None,
+    ready_timeout: float = 60,
+    log_level: str = "warning",
+    workers: int | None = None,
 ) -> Iterator[Server]:
+    """``workers``: front-end processes (`--workers`); None leaves the server's default (auto)."""
     port = port or free_port()
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below
+    extra = ["--workers", str(workers)] if workers is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level],
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level, *extra],
         env=env,
         cwd=ROOT,
         stdout=log,

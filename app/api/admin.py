@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from app.api.deps import ManagerDep
+from app.api.deps import RegistryDep, ServingDep
 from app.api.params import ALIAS_PATTERN, AliasName, ModelName, VersionNumber
 from app.auth import require_admin
-from app.models import ModelManager
 from app.schemas import ErrorBody
+from app.serving import Serving
 from registry import AliasMove, VersionInfo
 from registry.schemas import MAX_VERSION
 
@@ -84,79 +84,68 @@ class MoveResult(BaseModel):
     load_error: str | None = Field(None, description="set when the new target failed to load here")
 
 
-async def _after_move(manager: ModelManager, name: str, move: AliasMove) -> MoveResult:
-    manager.forget_alias_cache(name)
-    await manager.sync()  # swap now; other replicas follow at their next poll
-    state = manager.states.get(name)
+async def _after_move(serving: Serving, name: str, move: AliasMove) -> MoveResult:
+    view = await serving.moved(name)  # swap now; other replicas follow at their next poll
+    model = view.models.get(name)
     return MoveResult(
         move=move,
-        serving_version=state.current.version if state and state.current else None,
-        load_error=state.last_error if state else None,
+        serving_version=model.current if model else None,
+        load_error=model.last_error if model else None,
     )
 
 
 @router.get("/versions", response_model=list[VersionInfo], responses=AUTH_ERRORS, summary="All registered versions")
-async def list_versions(name: ModelName, manager: ManagerDep) -> list[VersionInfo]:
-    versions: list[VersionInfo] = await manager.call(manager.registry.list_versions, name)
-    return versions
+async def list_versions(name: ModelName, registry: RegistryDep) -> list[VersionInfo]:
+    return await registry.list_versions(name)
 
 
 @router.get("/history", response_model=list[AliasMove], responses=AUTH_ERRORS, summary="Alias history, oldest first")
 async def history(
     name: ModelName,
-    manager: ManagerDep,
+    registry: RegistryDep,
     alias: Annotated[str | None, Query(pattern=ALIAS_PATTERN, max_length=100)] = None,
 ) -> list[AliasMove]:
-    moves: list[AliasMove] = await manager.call(manager.registry.history, name, alias)
-    return moves
+    return await registry.history(name, alias)
 
 
 @router.put("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Point an alias at a version")
 async def promote(
-    name: ModelName, alias: AliasName, body: PromoteBody, manager: ManagerDep, actor: AdminDep
+    name: ModelName, alias: AliasName, body: PromoteBody, registry: RegistryDep, serving: ServingDep, actor: AdminDep
 ) -> MoveResult:
-    move: AliasMove = await manager.call(
-        manager.registry.promote,
-        name=name,
-        version=body.version,
-        alias=alias,
-        actor=actor,
-        reason=body.reason,
-        check=not body.no_check,
+    move = await registry.promote(
+        name=name, version=body.version, alias=alias, actor=actor, reason=body.reason, check=not body.no_check
     )
-    return await _after_move(manager, name, move)
+    return await _after_move(serving, name, move)
 
 
 @router.delete("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Remove an alias")
 async def remove_alias(
     name: ModelName,
     alias: AliasName,
-    manager: ManagerDep,
+    registry: RegistryDep,
+    serving: ServingDep,
     actor: AdminDep,
     reason: Annotated[str, Query(max_length=2000)] = "",
 ) -> MoveResult:
-    move: AliasMove = await manager.call(
-        manager.registry.remove_alias, name=name, alias=alias, actor=actor, reason=reason
-    )
-    return await _after_move(manager, name, move)
+    move = await registry.remove_alias(name=name, alias=alias, actor=actor, reason=reason)
+    return await _after_move(serving, name, move)
 
 
 @router.post("/rollback", response_model=MoveResult, responses=AUTH_ERRORS, summary="Move an alias back")
-async def rollback(name: ModelName, body: RollbackBody, manager: ManagerDep, actor: AdminDep) -> MoveResult:
-    move: AliasMove = await manager.call(
-        manager.registry.rollback, name=name, alias=body.alias, actor=actor, reason=body.reason, check=not body.no_check
+async def rollback(
+    name: ModelName, body: RollbackBody, registry: RegistryDep, serving: ServingDep, actor: AdminDep
+) -> MoveResult:
+    move = await registry.rollback(
+        name=name, alias=body.alias, actor=actor, reason=body.reason, check=not body.no_check
     )
-    return await _after_move(manager, name, move)
+    return await _after_move(serving, name, move)
 
 
 @router.post(
     "/versions/{version}/archive", response_model=VersionInfo, responses=AUTH_ERRORS, summary="Archive a version"
 )
 async def archive(
-    name: ModelName, version: VersionNumber, manager: ManagerDep, actor: AdminDep, body: ArchiveBody | None = None
+    name: ModelName, version: VersionNumber, registry: RegistryDep, actor: AdminDep, body: ArchiveBody | None = None
 ) -> VersionInfo:
     reason = body.reason if body is not None else ""
-    info: VersionInfo = await manager.call(
-        manager.registry.archive, name=name, version=version, actor=actor, reason=reason
-    )
-    return info
+    return await registry.archive(name=name, version=version, actor=actor, reason=reason)

@@ -13,12 +13,23 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.metrics import Metrics
-from app.models import ModelManager
+from app.serving import AsyncRegistry, Serving
+from app.settings import Settings
 
 
-async def get_manager(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.manager
-    return manager
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+async def get_registry(request: Request) -> AsyncRegistry:
+    registry: AsyncRegistry = request.app.state.registry
+    return registry
+
+
+async def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -26,5 +37,7 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RegistryDep = Annotated[AsyncRegistry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

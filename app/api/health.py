@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api.deps import ManagerDep, MetricsDep
+from app.api.deps import MetricsDep, ServingDep
 from app.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -25,20 +25,30 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": HealthResponse, "description": "a served model is not loaded"}},
     summary="Readiness: every served model is loaded and warm",
 )
-async def readyz(manager: ManagerDep) -> JSONResponse:
+async def readyz(serving: ServingDep) -> JSONResponse:
+    view = serving.view()
+    providers = {(v.name, v.version): v.provider for v in view.loaded}
     models = {
         name: {
-            "version": state.current.version if state.current else None,
-            "provider": state.current.provider if state.current else None,
-            "error": state.last_error,
+            "version": model.current,
+            "provider": providers.get((name, model.current)) if model.current is not None else None,
+            "error": model.last_error,
         }
-        for name, state in sorted(manager.states.items())
+        for name, model in sorted(view.models.items())
     }
-    ready = manager.ready
+    ready = view.ready
     body = HealthResponse(
-        status="ready" if ready else "not ready", models=models, registry_error=manager.last_poll_error
+        status="ready" if ready else "not ready",
+        models=models,
+        registry_error=view.last_poll_error,
+        inference_error=view.inference_error,
+        workers=view.workers,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    content = body.model_dump()
+    for key in ("inference_error", "workers"):  # only the multi-process layout has them
+        if content[key] is None:
+            del content[key]
+    return JSONResponse(content, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

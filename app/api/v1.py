@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.api.deps import ManagerDep
+from app.api.deps import ServingDep
 from app.api.params import AliasQuery, ModelName, VersionQuery
-from app.errors import BadRequestError
-from app.models import LoadedVersion, ModelManager
+from app.errors import BadRequestError, UnavailableError
 from app.schemas import ErrorBody, LegacyPrediction, LoadedVersionInfo, PredictResponse, ServedModelInfo
 from app.service import classify, json_response, rank, read_uploads
+from app.serving import HostView, Serving
 
 router = APIRouter(tags=["predict"])
 
@@ -77,19 +77,19 @@ async def predict(
     if version is not None and alias is not None:
         raise BadRequestError("give either version or alias, not both")
     blobs = await read_uploads(request, state.settings.limits)
-    loaded, probabilities = await classify(
-        state.manager,
+    info, probabilities = await classify(
+        state.serving,
         name,
         blobs,
         settings=state.settings,
-        metrics=state.metrics,
         executor=state.decode_executor,
         version=version,
         alias=alias,
         budget=state.decode_budget,
+        scope=request.scope,
     )
-    labels = loaded.info.contract.labels
-    return json_response({"model": name, "version": loaded.version, "predictions": rank(probabilities, labels, top_k)})
+    labels = info.contract.labels
+    return json_response({"model": name, "version": info.version, "predictions": rank(probabilities, labels, top_k)})
 
 
 @router.post(
@@ -104,59 +104,59 @@ async def predict_legacy(request: Request) -> Response:
     blobs = await read_uploads(request, state.settings.limits, fields=("image",))
     if len(blobs) != 1:
         raise BadRequestError(f"send exactly one file in the field 'image' (got {len(blobs)})")
-    manager = state.manager
-    name = manager.default_model()
-    loaded, probabilities = await classify(
-        manager,
+    serving: Serving = state.serving
+    name = serving.view().default_model(state.settings.default_model)
+    info, probabilities = await classify(
+        serving,
         name,
         blobs,
         settings=state.settings,
-        metrics=state.metrics,
         executor=state.decode_executor,
         budget=state.decode_budget,
+        scope=request.scope,
     )
-    (best,) = rank(probabilities, loaded.info.contract.labels, 1)
-    return json_response(
-        {"prediction": best["label"], "score": best["score"], "model": name, "version": loaded.version}
-    )
+    (best,) = rank(probabilities, info.contract.labels, 1)
+    return json_response({"prediction": best["label"], "score": best["score"], "model": name, "version": info.version})
 
 
-def describe(manager: ModelManager, name: str) -> ServedModelInfo:
-    state = manager.served_state(name)
-    loaded: list[tuple[str, LoadedVersion]] = [(r, v) for r, v in manager.loaded_versions() if v.name == name]
-    current = state.current
+def describe(view: HostView, name: str) -> ServedModelInfo:
+    model = view.served(name)
+    current = view.current_info(name)
     return ServedModelInfo(
         name=name,
-        alias=manager.settings.alias,
-        serving_version=current.version if current else None,
-        aliases=state.aliases,
+        alias=view.alias,
+        serving_version=model.current,
+        aliases=model.aliases,
         loaded=[
             LoadedVersionInfo(
                 version=v.version,
-                role=role,
+                role=v.role,
                 provider=v.provider,
-                providers=v.backend.providers,
-                queued_rows=v.batcher.queued_rows,
+                providers=v.providers,
+                queued_rows=v.queued_rows,
                 loaded_at=v.loaded_at,
             )
-            for role, v in loaded
+            for v in view.versions_of(name)
         ],
-        contract=current.info.contract.model_dump(mode="json") if current else None,
-        last_error=state.last_error,
+        contract=current.contract.model_dump(mode="json") if current else None,
+        last_error=model.last_error,
     )
 
 
 @router.get("/v1/models", response_model=list[ServedModelInfo], tags=["models"], summary="Served models")
-async def list_served(manager: ManagerDep) -> list[ServedModelInfo]:
-    return [describe(manager, name) for name in sorted(manager.states)]
+async def list_served(serving: ServingDep) -> list[ServedModelInfo]:
+    view = serving.view()
+    if view.inference_error is not None:
+        raise UnavailableError(view.inference_error, headers={"Retry-After": "1"})
+    return [describe(view, name) for name in sorted(view.models)]
 
 
 @router.get(
     "/v1/models/{name}",
     response_model=ServedModelInfo,
-    responses={404: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     tags=["models"],
     summary="One served model: loaded versions, aliases, contract, provider",
 )
-async def get_served(name: ModelName, manager: ManagerDep) -> ServedModelInfo:
-    return describe(manager, name)
+async def get_served(name: ModelName, serving: ServingDep) -> ServedModelInfo:
+    return describe(serving.view(), name)

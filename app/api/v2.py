@@ -18,11 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import app as app_package
-from app.api.deps import ManagerDep
+from app.api.deps import RegistryDep, ServingDep, SettingsDep
 from app.api.params import ModelName, VersionText
 from app.errors import BadRequestError, NotFoundError, PayloadTooLargeError, UnavailableError
-from app.metrics import Metrics
-from app.models import LoadedVersion, ModelManager
 from app.oip import (
     HEADER_LENGTH,
     InferenceRequest,
@@ -42,7 +40,8 @@ from app.oip import (
     take_binary,
 )
 from app.schemas import ErrorBody
-from app.service import decode_all, run_batched
+from app.service import decode_all
+from app.serving import AsyncRegistry, HostView, Serving
 from app.settings import Settings
 from registry import VersionInfo
 from registry.schemas import MAX_VERSION
@@ -75,11 +74,14 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Server readiness", responses={503: {"description": "not ready"}})
 @router.head("/health/ready", include_in_schema=False)
-async def ready(manager: ManagerDep) -> JSONResponse:
-    return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 503)
+async def ready(serving: ServingDep) -> JSONResponse:
+    ready = serving.view().ready
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-async def _target(manager: ModelManager, name: str, version: str | None) -> tuple[VersionInfo | None, bool]:
+async def _target(
+    view: HostView, registry: AsyncRegistry, name: str, version: str | None
+) -> tuple[VersionInfo | None, bool]:
     """The version a v2 route addresses and whether it is loaded here.
 
     Its info comes from memory when it is loaded, else from the registry: describing a
@@ -87,12 +89,13 @@ async def _target(manager: ModelManager, name: str, version: str | None) -> tupl
     """
     number = _version_number(version)
     if number is None:
-        state = manager.served_state(name)
-        return (state.current.info, True) if state.current else (None, False)
-    for _, loaded in manager.loaded_versions():
-        if loaded.name == name and loaded.version == number:
-            return loaded.info, True
-    info: VersionInfo = await manager.call(manager.registry.get_version, name, number)  # 404 when unknown
+        view.served(name)  # 404 when not served
+        info = view.current_info(name)
+        return (info, True) if info is not None else (None, False)
+    info = view.loaded_info(name, number)
+    if info is not None:
+        return info, True
+    info = await registry.get_version(name, number)  # 404 when unknown
     if info.status != "ready":
         raise NotFoundError(f"{name} v{number} is archived")
     return info, False
@@ -137,8 +140,8 @@ def _metadata(info: VersionInfo, versions: list[str]) -> ModelMetadata:
     responses=ERRORS,
     summary="Model metadata",
 )
-async def model_metadata(name: ModelName, manager: ManagerDep) -> ModelMetadata:
-    return await _model_metadata(manager, name, None)
+async def model_metadata(name: ModelName, serving: ServingDep, registry: RegistryDep) -> ModelMetadata:
+    return await _model_metadata(serving.view(), registry, name, None)
 
 
 @router.get(
@@ -148,15 +151,17 @@ async def model_metadata(name: ModelName, manager: ManagerDep) -> ModelMetadata:
     responses=ERRORS,
     summary="Version metadata",
 )
-async def version_metadata(name: ModelName, version: VersionText, manager: ManagerDep) -> ModelMetadata:
-    return await _model_metadata(manager, name, version)
+async def version_metadata(
+    name: ModelName, version: VersionText, serving: ServingDep, registry: RegistryDep
+) -> ModelMetadata:
+    return await _model_metadata(serving.view(), registry, name, version)
 
 
-async def _model_metadata(manager: ModelManager, name: str, version: str | None) -> ModelMetadata:
-    info, _ = await _target(manager, name, version)
+async def _model_metadata(view: HostView, registry: AsyncRegistry, name: str, version: str | None) -> ModelMetadata:
+    info, _ = await _target(view, registry, name, version)
     if info is None:
         raise UnavailableError(f"model {name!r} is not loaded yet", headers={"Retry-After": "2"})
-    versions = await manager.call(manager.registry.list_versions, name)
+    versions = await registry.list_versions(name)
     return _metadata(info, [str(v.version) for v in versions if v.status == "ready"])
 
 
@@ -168,28 +173,43 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/models/{name}/ready", responses=READY_RESPONSES, summary="Model readiness")
-async def model_ready(name: ModelName, manager: ManagerDep) -> JSONResponse:
-    return await _model_ready(manager, name, None)
+async def model_ready(
+    name: ModelName, serving: ServingDep, registry: RegistryDep, settings: SettingsDep
+) -> JSONResponse:
+    return await _model_ready(serving, registry, settings, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", responses=READY_RESPONSES, summary="Version readiness")
-async def version_ready(name: ModelName, version: VersionText, manager: ManagerDep) -> JSONResponse:
-    return await _model_ready(manager, name, version)
+async def version_ready(
+    name: ModelName, version: VersionText, serving: ServingDep, registry: RegistryDep, settings: SettingsDep
+) -> JSONResponse:
+    return await _model_ready(serving, registry, settings, name, version)
 
 
-async def _model_ready(manager: ModelManager, name: str, version: str | None) -> JSONResponse:
+async def _model_ready(
+    serving: Serving, registry: AsyncRegistry, settings: Settings, name: str, version: str | None
+) -> JSONResponse:
     """Ready means what infer does with the same path: a loaded version, or one it would load on
     first use (pinned versions), is ready; one that cannot be served now is a 503 saying why."""
-    info, loaded = await _target(manager, name, version)
+    view = serving.view()
+    info, loaded = await _target(view, registry, name, version)
     if info is None:
-        state = manager.states.get(name)
-        reason = state.last_error if state is not None and state.last_error else "loading"
+        model = view.models.get(name)
+        reason = model.last_error if model is not None and model.last_error else "loading"
         raise UnavailableError(f"model {name!r} is not loaded yet: {reason}", headers={"Retry-After": "2"})
     if not loaded:
-        problem = manager.why_not_loadable(name, info.version)
+        problem = _why_not_loadable(view, settings, name, info.version)
         if problem is not None:
             raise UnavailableError(problem, headers={"Retry-After": "2"})
     return JSONResponse({"name": name, "ready": True})
+
+
+def _why_not_loadable(view: HostView, settings: Settings, name: str, version: int) -> str | None:
+    """Why a request for ``name`` v``version`` (not loaded) would be refused now; None if it would be
+    loaded and served."""
+    if settings.pinned_cache_size == 0:
+        return f"{name} v{version} is not loaded, and loading versions on demand is off (SERVE_PINNED_CACHE_SIZE=0)"
+    return view.recent_failure(name, version, settings.load_retry_s)
 
 
 INFER_BODY: dict[str, Any] = {
@@ -231,9 +251,8 @@ async def infer_version(name: ModelName, version: VersionText, request: Request)
 async def _infer(name: str, version: str | None, request: Request) -> Response:
     # The hot path reads app.state directly: FastAPI dependencies cost more than this CNN's inference.
     state = request.app.state
-    manager: ModelManager = state.manager
+    serving: Serving = state.serving
     settings: Settings = state.settings
-    metrics: Metrics = state.metrics
     executor: Executor = state.decode_executor
     loop = asyncio.get_running_loop()
     body = decode_content(
@@ -255,11 +274,14 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
             f"{len(binary) - end} bytes follow the binary data of input {tensor.name!r}: "
             "the body must end where its tensors do"
         )
-    async with manager.lease(name, version=_version_number(version)) as loaded:
-        contract = loaded.info.contract
+    limit = settings.limits.max_images_per_request
+
+    async def prepare(info: VersionInfo) -> np.ndarray:
+        """The request's images as the version that will serve it takes them (called again if the
+        served version changes in between and takes other images)."""
+        contract = info.contract
         if tensor.name != contract.input.name:
             raise BadRequestError(f"unknown input {tensor.name!r}: this model's input is {contract.input.name!r}")
-        limit = settings.limits.max_images_per_request
         if tensor.datatype == "UINT8":
             expected = [contract.input.height, contract.input.width, 3]
             if len(tensor.shape) != 4 or tensor.shape[1:] != expected or tensor.shape[0] < 1:
@@ -275,12 +297,13 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
                 if raw is not None
                 else await loop.run_in_executor(executor, decode_numeric, tensor, None)
             )
-        elif tensor.datatype == "BYTES":
+            return np.ascontiguousarray(images)
+        if tensor.datatype == "BYTES":
             if len(tensor.shape) != 1 or tensor.shape[0] < 1:
                 raise BadRequestError(f"input {tensor.name!r} has shape {tensor.shape}; BYTES input must be [N]")
             if tensor.shape[0] > limit:
                 raise PayloadTooLargeError(f"{tensor.shape[0]} images in one request, the limit is {limit}")
-            images = await decode_all(
+            return await decode_all(
                 decode_bytes(tensor, raw),
                 contract,
                 settings.limits,
@@ -288,21 +311,21 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
                 inline_pixels=settings.decode_inline_pixels,
                 budget=state.decode_budget,
             )
-        else:
-            raise BadRequestError(
-                f"input {tensor.name!r} has datatype {tensor.datatype}; expected UINT8 (pixels) or BYTES (image files)"
-            )
-        probabilities = await run_batched(loaded, np.ascontiguousarray(images), metrics)
-    outputs, binaries = _outputs(inference, loaded, probabilities)
-    response = InferenceResponse(model_name=name, model_version=str(loaded.version), id=inference.id, outputs=outputs)
+        raise BadRequestError(
+            f"input {tensor.name!r} has datatype {tensor.datatype}; expected UINT8 (pixels) or BYTES (image files)"
+        )
+
+    info, probabilities = await serving.infer(name, prepare, version=_version_number(version), scope=request.scope)
+    outputs, binaries = _outputs(inference, info, probabilities)
+    response = InferenceResponse(model_name=name, model_version=str(info.version), id=inference.id, outputs=outputs)
     body, headers, media_type = render(response, binaries)
     return Response(body, headers=headers, media_type=media_type)
 
 
 def _outputs(
-    inference: InferenceRequest, loaded: LoadedVersion, probabilities: np.ndarray
+    inference: InferenceRequest, info: VersionInfo, probabilities: np.ndarray
 ) -> tuple[list[ResponseOutput], list[bytes]]:
-    contract = loaded.info.contract
+    contract = info.contract
     all_binary = bool(inference.parameters.get("binary_data_output", False))
     requested = inference.outputs or [RequestOutput(name=contract.output.name)]
     outputs: list[ResponseOutput] = []

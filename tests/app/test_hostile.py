@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "SERVE_LIMITS__MAX_INFLIGHT_REQUESTS": "4",
         "SERVE_WARMUP_BATCH_SIZES": "[1]",
     }
-    with server_process(env) as running:
+    with server_process(env, workers=1) as running:  # one process: the limits below are per process
         running.ready_rss = rss_mb(running.proc.pid)  # type: ignore[attr-defined]
         yield running
 

@@ -39,7 +39,7 @@ async def main():
                         poll_interval_s=3600)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
-        manager = app.state.manager
+        manager = app.state.serving.manager
         ready = rss_mb()
         for i in range(swaps):
             registry.promote(name="digits", version=2 if i % 2 == 0 else 1, check=False)

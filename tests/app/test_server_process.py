@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from tests.conftest import Backend, TrainedRun
 from tests.server import ROOT, server_process
@@ -42,7 +43,7 @@ async def registry_cli(backend: Backend, *args: str) -> None:
 async def test_promote_and_rollback_under_load_fail_no_request(backend: Backend, digits_run: TrainedRun) -> None:
     png = register_digits_twice(backend, digits_run)
     env = {**backend.env, "SERVE_POLL_INTERVAL_S": "0.5"}
-    with server_process(env) as server:
+    with server_process(env, workers=1) as server:
         print(f"start to ready: {server.ready_after:.2f} s")
         answers: list[tuple[float, int, str]] = []
         failures: list[str] = []
@@ -110,11 +111,13 @@ async def until(condition, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run: TrainedRun) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run: TrainedRun, workers: int) -> None:
     """Deterministic: 20 requests are in the server with half their bodies sent, SIGTERM arrives, then
-    the bodies complete. Every one must be answered 200 and the process exit cleanly."""
+    the bodies complete. Every one must be answered 200 and the process exit cleanly. With 2 workers,
+    the supervisor stops the front ends first, and the inference process after them."""
     png = register_digits_twice(backend, digits_run)
-    with server_process(backend.env, log_level="info") as server:
+    with server_process(backend.env, log_level="info", workers=workers) as server:
         url = f"{server.url}/v1/models/digits/predict"
         encoded = httpx.Request("POST", url, files={"images": ("d.png", png, "image/png")})
         body = encoded.read()

@@ -61,7 +61,7 @@ def test_two_servers_share_a_database_and_a_bucket(
             "SERVE_WARMUP_BATCH_SIZES": "[1]",
         }
 
-    with server_process(env("a")) as a, server_process(env("b")) as b:
+    with server_process(env("a"), workers=1) as a, server_process(env("b"), workers=1) as b:
         assert served(a) == served(b) == (1, "red")
         assert cache_reads(a) == cache_reads(b) == {"hit": 0, "miss": 1, "corrupt": 0}  # one download each
         with Registry(database_url=database, artifacts_dir=url) as reg:
@@ -78,7 +78,7 @@ def test_two_servers_share_a_database_and_a_bucket(
     # Damage server b's cached copy of v2: on restart the sha256 check catches it.
     (cached,) = [p for p in (tmp_path / "cache-b").rglob("*") if p.is_file() and v2_sha(database, url) in p.name]
     cached.write_bytes(cached.read_bytes()[:-8] + b"damaged!")
-    with server_process(env("a")) as a, server_process(env("b")) as b:
+    with server_process(env("a"), workers=1) as a, server_process(env("b"), workers=1) as b:
         assert served(a) == served(b) == (2, "green")
         assert cache_reads(a) == {"hit": 1, "miss": 0, "corrupt": 0}  # a restart downloads nothing
         assert cache_reads(b) == {"hit": 0, "miss": 1, "corrupt": 1}  # fetched again, never served damaged

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.report import SCALED
 from tests.conftest import TrainedRun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,5 +90,14 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
     assert slow["slow"]["slow_clients"]["clients"] == 100
     assert slow["slow"]["slow_clients"]["connections"] >= 100  # every trickler got in
     assert "- S6: 100 clients trickling" in md
-    assert len(results["targets"]) == 13
+    scaling = {(s["target"], s["name"], s["concurrency"]) for s in scenarios if s.get("scaling")}
+    scaled = {(name, c) for name, c in SCALED}
+    assert {(name, c) for target, name, c in scaling if target == "w1"} == scaled
+    two_workers = results["workers"] >= 2
+    if two_workers:  # S7 at 2 workers, and 1 worker pinned to one core beside it
+        assert {(name, c) for target, name, c in scaling if target == "w2"} == scaled
+        assert {(name, c) for target, name, c in scaling if target == "w1 on 1 core"} == scaled
+        assert "- S7 scaling efficiency" in md
+    assert (out / f"{json_path.stem}-scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(results["targets"]) == 14 + (6 if two_workers else 0)
     assert all(isinstance(t["met"], bool) and t["value"] is not None for t in results["targets"])

@@ -78,7 +78,7 @@ def test_compose_order_with_two_api_replicas(postgres: PostgresServer, tmp_path:
         assert r.status_code == 200, r.text
         return int(r.json()["version"])
 
-    with server_process(api_env) as a, server_process(api_env) as b:
+    with server_process(api_env, workers=1) as a, server_process(api_env, workers=1) as b:
         assert version(a.url) == version(b.url) == 1
         r = httpx.put(
             f"{a.url}/v1/models/digits/aliases/production",

@@ -1,0 +1,325 @@
+"""One host, all of it: `python -m app --workers N` runs a supervisor, N front ends and one inference process.
+
+    supervisor (this module's `Supervisor`)       binds the listening socket, starts and restarts the others
+    ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the socket
+    └── inference      (`python -m app.host inference`)  the model manager and the batchers, for every front end
+
+The front ends and the inference process talk over ZeroMQ `ipc://` sockets in a directory the
+supervisor makes (`app.ipc`). When the inference process dies, the supervisor tells the front ends
+(SIGUSR1), so they answer 503 at once instead of waiting, and starts a new one, which loads the
+served versions again. A front end that dies is started again. SIGTERM (or SIGINT) stops the front
+ends first, which stop accepting and finish their requests, then the inference process; exit 0.
+
+A process that cannot start at all (a required GPU missing, a broken configuration: exit status 3)
+stops the whole host with status 3 rather than being restarted in a loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("app.host")
+
+FATAL = 3  # a process that cannot start: uvicorn's status when the lifespan fails, and the inference process's
+STOP_FRONT_ENDS_S = 40.0  # uvicorn's graceful shutdown takes up to 30 s
+STOP_INFERENCE_S = 30.0
+QUICK_DEATH_S = 5.0  # a process that dies sooner than this after starting is restarted with a growing delay
+
+
+@dataclass
+class Child:
+    role: str  # "inference" or "frontend"
+    slot: int
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restart_at: float | None = None
+    delay: float = 0.5
+    restarts: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "inference" if self.role == "inference" else f"frontend-{self.slot}"
+
+
+def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The thread settings the front ends and the inference process get, unless set explicitly.
+
+    With one front end per CPU, every core already runs an event loop and its decoders, so each
+    front end gets 2 decoding threads (not 2 per core of the host), and ONNX Runtime half the
+    cores: a batch spread over threads that wait for busy cores ends with its slowest thread."""
+    front_end: dict[str, str] = {}
+    inference: dict[str, str] = {}
+    if "SERVE_DECODE_THREADS" not in environ:
+        front_end["SERVE_DECODE_THREADS"] = str(max(2, min(8, 2 * cpus // workers)))
+    if environ.get("SERVE_INTRA_OP_THREADS", "0") == "0":
+        inference["SERVE_INTRA_OP_THREADS"] = str(max(1, cpus // 2))
+    return front_end, inference
+
+
+class Supervisor:
+    def __init__(self, *, host: str, port: int, workers: int, log_level: str, cpus: int | None = None) -> None:
+        from app.cpus import available_cpus
+
+        self.host = host
+        self.port = port
+        self.workers = workers
+        self.log_level = log_level
+        self.cpus = cpus or available_cpus()
+        self._stopping = False
+        self._signals = 0
+
+    def run(self) -> int:
+        try:
+            listener = _listen(self.host, self.port)
+        except OSError as exc:
+            print(f"imgserve: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        run_dir = Path(tempfile.mkdtemp(prefix="imgserve-"))
+        (run_dir / "metrics").mkdir()
+        base = [sys.executable, "-m", "app.host"]
+        common = ["--run-dir", str(run_dir), "--log-level", self.log_level]
+        front_env, inference_env = thread_budget(self.cpus, self.workers, dict(os.environ))
+        inference = Child(
+            "inference", 0, [*base, "inference", *common, "--frontends", str(self.workers)], extra=inference_env
+        )
+        front_ends = [
+            Child(
+                "frontend",
+                slot,
+                [*base, "frontend", *common, "--slot", str(slot), "--fd", str(listener.fileno())],
+                extra=front_env,
+            )
+            for slot in range(self.workers)
+        ]
+        children = [inference, *front_ends]
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        log.info(
+            "serving on http://%s:%d with %d front-end processes and one inference process (%d CPUs; %s)",
+            self.host,
+            self.port,
+            self.workers,
+            self.cpus,
+            ", ".join(f"{k}={v}" for k, v in {**front_env, **inference_env}.items()) or "threads as configured",
+        )
+        status = 0
+        try:
+            for child in children:
+                self._start(child, listener)
+            while not self._stopping:
+                time.sleep(0.05)
+                now = time.monotonic()
+                for child in children:
+                    status = self._watch(child, listener, front_ends, now)
+                    if status:
+                        self._stopping = True
+                        break
+        finally:
+            listener.close()  # new connections are refused once the front ends close theirs too
+            self._stop(front_ends, STOP_FRONT_ENDS_S)
+            self._stop([inference], STOP_INFERENCE_S)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        self._stopping = True
+        if self._signals > 1:  # a second Ctrl-C: do not wait for the drain
+            raise KeyboardInterrupt
+
+    def _start(self, child: Child, listener: socket.socket) -> None:
+        fds = (listener.fileno(),) if child.role == "frontend" else ()
+        child.process = subprocess.Popen(child.command, pass_fds=fds, env={**os.environ, **child.extra})
+        child.started = time.monotonic()
+        child.restart_at = None
+
+    def _watch(self, child: Child, listener: socket.socket, front_ends: list[Child], now: float) -> int:
+        """Restart ``child`` if it died (after its delay); a status to stop the host with, or 0."""
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restarts += 1
+                self._start(child, listener)
+            return 0
+        assert child.process is not None
+        code = child.process.poll()
+        if code is None:
+            return 0
+        if code == FATAL and child.restarts == 0:
+            log.error("%s cannot start (exit status %d): stopping", child.name, code)
+            return FATAL
+        lived = now - child.started
+        child.delay = min(10.0, child.delay * 2) if lived < QUICK_DEATH_S else 0.1
+        child.restart_at = now + child.delay
+        log.error("%s exited with status %d after %.1f s: restarting in %.1f s", child.name, code, lived, child.delay)
+        if child.role == "inference":
+            for front_end in front_ends:  # they fail what waits on the dead process now, and answer 503
+                if front_end.process is not None and front_end.process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        front_end.process.send_signal(signal.SIGUSR1)
+        return 0
+
+    def _stop(self, children: list[Child], timeout: float) -> None:
+        running = [c.process for c in children if c.process is not None and c.process.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            except KeyboardInterrupt:
+                for other in running:
+                    with contextlib.suppress(ProcessLookupError):
+                        other.kill()
+                raise
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+# -- the processes it starts -------------------------------------------------------------------------
+
+
+async def _until_stopped(stop: asyncio.Event) -> None:
+    """Until SIGTERM, or until the supervisor is gone (killed with SIGKILL, it could not tell us)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await stop.wait()
+                return
+    log.error("the supervisor is gone: stopping")
+
+
+async def _serve_inference(run_dir: Path, frontends: int) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.backend import GpuUnavailableError
+    from app.ipc import InferenceEndpoint
+    from app.main import local_serving, ort_backend_factory
+    from app.metrics import Metrics
+    from app.settings import Settings
+    from registry import Registry
+
+    settings = Settings()
+    try:
+        backend_factory = ort_backend_factory(settings)
+    except GpuUnavailableError as exc:
+        log.error("%s", exc)
+        return FATAL
+    metrics = Metrics()
+    registry = Registry.from_settings(settings.registry)
+    loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
+    endpoint: InferenceEndpoint | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the supervisor, which stops us in turn
+    try:
+        async with local_serving(
+            settings,
+            registry,
+            metrics,
+            can_grow=lambda queued: endpoint is not None and endpoint.can_grow(queued),
+            backend_factory=backend_factory,
+            loader_executor=loader_executor,
+        ) as serving:
+            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends)
+            endpoint.bind()
+            endpoint.start()  # the front ends hear from it while the models load
+            try:
+                await serving.manager.start()
+            except GpuUnavailableError as exc:
+                log.error("%s", exc)
+                return FATAL
+            await _until_stopped(stop)
+            return 0
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+        loader_executor.shutdown(wait=True)
+        registry.close()
+
+
+def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str) -> int:
+    import uvicorn
+
+    from app.main import FrontEnd, create_app
+    from app.protocol import protocol_with
+    from app.settings import Settings
+
+    settings = Settings()
+    app = create_app(settings, front_end=FrontEnd(run_dir=run_dir, slot=slot, metrics_dir=run_dir / "metrics"))
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=30,
+        http=protocol_with(settings.limits.header_timeout_s),
+        timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[socket.socket(fileno=fd)])
+    return 0 if server.started else FATAL
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="app.host", description="a process of a multi-worker host (internal)")
+    parser.add_argument("role", choices=["inference", "frontend"])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--frontends", type=int, default=1)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--fd", type=int, default=-1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{args.role}{'' if args.role == 'inference' else '-' + str(args.slot)}] "
+        "%(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    from app.metrics import count_in_files
+
+    identity = "inference" if args.role == "inference" else f"frontend-{args.slot}"
+    count_in_files(args.run_dir / "metrics", identity)  # before any metric is made
+    if args.role == "inference":
+        try:
+            import uvloop
+
+            code = uvloop.run(_serve_inference(args.run_dir, args.frontends))
+        except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+            code = asyncio.run(_serve_inference(args.run_dir, args.frontends))
+    else:
+        code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""`python -m app --workers N`: front-end processes feeding one inference process, tested as users run it.
+
+Every test here starts the real supervisor, its front ends and its inference process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Backend, _sqlite_backend
+from tests.images import solid
+from tests.onnx_models import color_classifier, color_metadata
+from tests.server import ROOT, Server, free_port, server_process
+
+TOKEN = "workers-admin-token-0123456789"
+PREDICT = "/v1/models/colors/predict"
+LABEL_OF = {1: "red", 2: "green"}  # what each version answers for a red image
+
+
+def colors_backend(backend: Backend, tmp_path: Path) -> Backend:
+    """`colors` v1 (red→red) at production and v2 (red→green)."""
+    with backend.registry() as reg:
+        reg.register(name="colors", onnx_path=color_classifier(tmp_path / "v1.onnx"), metadata=color_metadata())
+        reg.register(
+            name="colors",
+            onnx_path=color_classifier(tmp_path / "v2.onnx", permute=(1, 0, 2)),
+            metadata=color_metadata(),
+        )
+        reg.promote(name="colors", version=1)
+    return backend
+
+
+def env_for(backend: Backend, **settings: str) -> dict[str, str]:
+    return {
+        **backend.env,
+        "SERVE_ADMIN_TOKENS": f"ops:{TOKEN}",
+        "SERVE_WARMUP_BATCH_SIZES": "[1]",
+        "SERVE_POLL_INTERVAL_S": "0.5",
+        **settings,
+    }
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, value = line.rsplit(" ", 1)
+        base, _, rest = series.partition("{")
+        if base != name:
+            continue
+        if all(f'{key}="{value_}"' in rest for key, value_ in labels.items()):
+            total += float(value)
+    return total
+
+
+def children(server: Server, role: str) -> list[int]:
+    """The pids of the supervisor's processes of ``role`` (inference or frontend)."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid), "-f", f"app.host {role}"], capture_output=True, text=True
+    )
+    return [int(pid) for pid in out.stdout.split()]
+
+
+async def post_red(client: httpx.AsyncClient, server: Server) -> httpx.Response:
+    return await client.post(f"{server.url}{PREDICT}", files={"images": ("r.png", solid("red"), "image/png")})
+
+
+async def test_a_batch_holds_rows_from_several_front_ends_and_metrics_add_up(tmp_path: Path) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_BATCHING__MAX_BATCH_DELAY_MS="20", SERVE_BATCHING__MAX_BATCH_SIZE="64")
+    with server_process(env, workers=4) as server:
+        ready = httpx.get(f"{server.url}/readyz").json()
+        assert ready["workers"]["frontends"] == 4
+        assert len(children(server, "frontend")) == 4
+        assert len(children(server, "inference")) == 1
+        # Separate clients: each has its own connections, which the kernel hands to different front ends.
+        responses: list[httpx.Response] = []
+
+        async def one_client() -> None:  # 20 requests in a row on its own connection
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(20):
+                    responses.append(await post_red(client, server))
+
+        await asyncio.gather(*(one_client() for _ in range(16)))
+        assert [r.status_code for r in responses] == [200] * 320
+        assert {r.json()["predictions"][0]["label"] for r in responses} == {"red"}
+        await asyncio.sleep(0.6)  # the in-flight gauges come with the front ends' beats
+        text = httpx.get(f"{server.url}/metrics").text
+    # One view of the host: the counters of every front end, summed, on whichever answered the scrape.
+    assert metric(text, "http_requests_total", route="/v1/models/{name}/predict", status="200") == 320
+    assert metric(text, "images_predicted_total", model="colors") == 320
+    assert metric(text, "http_inference_requests_in_flight") == 0
+    batches = metric(text, "batch_front_ends_count", model="colors")
+    single = metric(text, "batch_front_ends_bucket", model="colors", le="1.0")
+    print(f"{batches:.0f} batches, {batches - single:.0f} of them with rows from more than one front end")
+    assert batches - single > 0
+
+
+async def test_promotion_under_load_fails_no_request_and_versions_follow_the_alias(
+    backend: Backend, tmp_path: Path
+) -> None:
+    colors_backend(backend, tmp_path)
+    with server_process(env_for(backend), workers=4) as server:
+        answers: list[tuple[float, float, int, str]] = []  # sent, answered, version, label
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def client_loop() -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        r = await post_red(client, server)
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                        continue
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text}")
+                        continue
+                    body = r.json()
+                    answers.append((sent, time.monotonic(), body["version"], body["predictions"][0]["label"]))
+
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        loops = [asyncio.ensure_future(client_loop()) for _ in range(12)]
+        async with httpx.AsyncClient(timeout=60, headers=admin) as ops:
+            await asyncio.sleep(1.0)
+            r = await ops.put(
+                f"{server.url}/v1/models/colors/aliases/production", json={"version": 2, "reason": "under load"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["serving_version"] == 2
+            promoted = time.monotonic()
+            await asyncio.sleep(1.5)
+            rolling_back = time.monotonic()
+            r = await ops.post(f"{server.url}/v1/models/colors/rollback", json={"reason": "back"})
+            assert r.status_code == 200, r.text
+            assert r.json()["serving_version"] == 1
+            rolled_back = time.monotonic()
+            await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*loops)
+    assert failures == []
+    assert all(LABEL_OF[version] == label for _, _, version, label in answers)  # each answer from its version
+    # Once a move has answered, every front end serves its target: no request sent after it gets the old one.
+    between = {v for sent, done, v, _ in answers if sent > promoted and done < rolling_back}
+    after = {v for sent, _, v, _ in answers if sent > rolled_back}
+    before = {v for _, done, v, _ in answers if done < promoted - 5}  # (none: the first 1 s is all v1)
+    assert between == {2}
+    assert after == {1}
+    assert before <= {1}
+    print(f"{len(answers)} answers, {sum(1 for a in answers if a[2] == 2)} by v2")
+
+
+async def test_sigkill_of_the_inference_process_gives_only_200_and_503_and_the_host_recovers(tmp_path: Path) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2) as server:
+        statuses: list[int] = []
+        missing_retry_after: list[str] = []
+        stop = asyncio.Event()
+
+        async def client_loop() -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                while not stop.is_set():
+                    r = await post_red(client, server)
+                    statuses.append(r.status_code)
+                    if r.status_code == 503 and "retry-after" not in r.headers:
+                        missing_retry_after.append(r.text)
+                    if r.status_code != 200:
+                        await asyncio.sleep(0.01)
+
+        loops = [asyncio.ensure_future(client_loop()) for _ in range(8)]
+        await asyncio.sleep(1.0)
+        (victim,) = children(server, "inference")
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        async with httpx.AsyncClient(timeout=5) as probe:
+            while (await probe.get(f"{server.url}/readyz")).status_code != 200 or children(server, "inference") == [
+                victim
+            ]:
+                assert time.monotonic() - killed < 60, "the host never became ready again"
+                await asyncio.sleep(0.05)
+        recovered = time.monotonic() - killed
+        served_before = statuses.count(200)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*loops)
+    print(f"ready again {recovered:.2f} s after SIGKILL; {statuses.count(503)} answers 503 meanwhile")
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) > 0  # the front ends noticed, and said so
+    assert missing_retry_after == []
+    assert statuses.count(200) > served_before  # and serve again afterwards
+    assert recovered < 30
+
+
+async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2) as server:
+        before = children(server, "frontend")
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            now = children(server, "frontend")
+            if len(now) == 2 and before[0] not in now:
+                break
+            assert time.monotonic() < deadline, "the front end was not restarted"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(20):  # whichever process takes the connection answers
+                assert (await post_red(client, server)).status_code == 200
+            while (await client.get(f"{server.url}/readyz")).json()["workers"]["frontends_up"] != 2:
+                assert time.monotonic() < deadline, "the restarted front end never reported in"
+                await asyncio.sleep(0.1)
+        assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_path: Path, workers: int) -> None:
+    """A slow model (about a second per batch) takes the first request; the others queue behind it.
+    Their clients hang up meanwhile: their rows must not run."""
+    backend = _sqlite_backend(tmp_path)
+    with backend.registry() as reg:
+        slow = color_classifier(tmp_path / "slow.onnx", busy_matmuls=48)
+        reg.register(name="colors", onnx_path=slow, metadata=color_metadata())
+        reg.promote(name="colors", version=1)
+    env = env_for(backend, SERVE_BATCHING__MAX_BATCH_SIZE="256", SERVE_BATCHING__MAX_CONCURRENT_BATCHES="1")
+    clients = 40
+    with server_process(env, workers=workers) as server:
+        request = httpx.Request(
+            "POST", f"{server.url}{PREDICT}", files={"images": ("r.png", solid("red"), "image/png")}
+        )
+        body = request.read()
+        host, port = server.url.removeprefix("http://").split(":")
+        head = (
+            f"POST {PREDICT} HTTP/1.1\r\nHost: {host}\r\ncontent-type: {request.headers['content-type']}\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
+        sockets = [socket.create_connection((host, int(port))) for _ in range(clients)]
+        for sock in sockets:
+            sock.sendall(head + body)
+        time.sleep(0.2)  # the server reads them: the first runs, the others queue behind it
+        for sock in sockets:
+            sock.close()
+        # Until every request is accounted for (run, or dropped when its batch was taken): the
+        # counts stop changing for longer than a batch takes.
+        last, still_since = -1.0, time.monotonic()
+        while time.monotonic() - still_since < 2.0:
+            time.sleep(0.2)
+            text = httpx.get(f"{server.url}/metrics").text
+            done = metric(text, "batch_rows_dropped_total", model="colors") + metric(
+                text, "batch_size_rows_sum", model="colors"
+            )
+            if done != last:
+                last, still_since = done, time.monotonic()
+    dropped = metric(text, "batch_rows_dropped_total", model="colors")
+    ran = metric(text, "batch_size_rows_sum", model="colors")  # rows that went through the model
+    answered = metric(text, "http_requests_total", route="/v1/models/{name}/predict", status="200")
+    gone = metric(text, "http_requests_total", route="/v1/models/{name}/predict", status="499")
+    print(f"workers={workers}: of {clients} requests whose clients hung up, {ran:.0f} ran, {dropped:.0f} dropped")
+    # Every request that reached a queue ran or was dropped, and was answered (200, or 499 when its
+    # client had gone); one whose connection closed before the server read it never got that far.
+    assert ran + dropped == answered + gone
+    assert dropped >= clients - 5
+    assert ran <= 2  # the first request (and at most one more) had started before the hang-ups
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_host_that_cannot_start_exits_with_status_3(tmp_path: Path, workers: str) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_REQUIRE_GPU="true", SERVE_PROVIDERS="cuda")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--port", str(free_port()), "--workers", workers, "--log-level", "warning"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
