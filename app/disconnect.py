@@ -17,6 +17,7 @@ from typing import Any
 from app.errors import ApiError
 
 HOOK = "imgserve.hangup"
+GONE = "imgserve.gone"  # set when the client hung up before the request started waiting
 
 
 class ClientGoneError(ApiError):
@@ -42,6 +43,8 @@ class CancelOnHangup:
 
     def __enter__(self) -> CancelOnHangup:
         if self._scope is not None:
+            if self._scope.get(GONE):
+                raise ClientGoneError("the client closed the connection before its answer")
             self._task = asyncio.current_task()
             self._scope[HOOK] = self._hangup
         return self
@@ -57,7 +60,10 @@ class CancelOnHangup:
 
 
 def hang_up(scope: MutableMapping[str, Any]) -> None:
-    """Called by the protocol when a request's connection is lost before its answer."""
+    """Called by the protocol when a request's connection is lost before its answer: stops the
+    wait now, or, when the request is not waiting yet, before it does."""
     hook = scope.get(HOOK)
     if hook is not None:
         hook()
+    else:
+        scope[GONE] = True

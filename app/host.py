@@ -4,9 +4,9 @@
     ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the socket
     └── inference      (`python -m app.host inference`)  the model manager and the batchers, for every front end
 
-The front ends and the inference process talk over ZeroMQ `ipc://` sockets in a directory the
-supervisor makes (`app.ipc`). When the inference process dies, the supervisor tells the front ends
-(SIGUSR1), so they answer 503 at once instead of waiting, and starts a new one, which loads the
+The front ends and the inference process talk over a unix socket in a directory the supervisor
+makes (`app.ipc`). When the inference process dies, the front ends see their connections close
+and answer 503 at once instead of waiting; the supervisor starts a new one, which loads the
 served versions again. A front end that dies is started again. SIGTERM (or SIGINT) stops the front
 ends first, which stop accepting and finish their requests, then the inference process; exit 0.
 
@@ -60,14 +60,13 @@ def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dic
     """The thread settings the front ends and the inference process get, unless set explicitly.
 
     With one front end per CPU, every core already runs an event loop and its decoders, so each
-    front end gets 2 decoding threads (not 2 per core of the host), and ONNX Runtime half the
-    cores: a batch spread over threads that wait for busy cores ends with its slowest thread."""
+    front end gets 2 decoding threads (not 2 per core of the host). ONNX Runtime keeps one thread
+    per core in the one process that runs models: its idle threads sleep (no spinning, see
+    app.backend), and with fewer, model-heavy requests (S3, S4) lost half their throughput."""
     front_end: dict[str, str] = {}
     inference: dict[str, str] = {}
     if "SERVE_DECODE_THREADS" not in environ:
         front_end["SERVE_DECODE_THREADS"] = str(max(2, min(8, 2 * cpus // workers)))
-    if environ.get("SERVE_INTRA_OP_THREADS", "0") == "0":
-        inference["SERVE_INTRA_OP_THREADS"] = str(max(1, cpus // 2))
     return front_end, inference
 
 
@@ -167,11 +166,6 @@ class Supervisor:
         child.delay = min(10.0, child.delay * 2) if lived < QUICK_DEATH_S else 0.1
         child.restart_at = now + child.delay
         log.error("%s exited with status %d after %.1f s: restarting in %.1f s", child.name, code, lived, child.delay)
-        if child.role == "inference":
-            for front_end in front_ends:  # they fail what waits on the dead process now, and answer 503
-                if front_end.process is not None and front_end.process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        front_end.process.send_signal(signal.SIGUSR1)
         return 0
 
     def _stop(self, children: list[Child], timeout: float) -> None:
@@ -251,8 +245,7 @@ async def _serve_inference(run_dir: Path, frontends: int) -> int:
             loader_executor=loader_executor,
         ) as serving:
             endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends)
-            endpoint.bind()
-            endpoint.start()  # the front ends hear from it while the models load
+            await endpoint.start()  # the front ends hear from it while the models load
             try:
                 await serving.manager.start()
             except GpuUnavailableError as exc:

@@ -1,20 +1,22 @@
-"""Between the front-end processes and the host's inference process: ZeroMQ over `ipc://` sockets.
+"""Between the front-end processes and the host's inference process: a unix stream socket.
 
-Each front end holds a DEALER socket connected to the inference process's ROUTER. A message is a
-JSON header frame followed by raw frames: the images go as the bytes of their uint8 array, the
-probabilities come back as float32 bytes, never pickled (docs/decisions/0006). Replies carry the
-request's id, so each goes to its front end (the ROUTER's routing) and to its request (the id).
+Each front end holds one connection to the inference process's socket in the supervisor's run
+directory. A message is a length-prefixed JSON header and at most one raw payload: the images go
+as the bytes of their uint8 array, the probabilities come back as float32 bytes, never pickled
+(docs/decisions/0006). Replies carry the request's id, so each reaches its request; a connection
+is one front end, so each reaches its process.
 
     infer    header {model, version, alias, assumed, sig, shape, inflight, deadline} + images
              -> ok {version, shape[, info]} + probabilities | redecode {info} | error {code, message}
     resolve  {model, version, alias} -> ok {info} | error      (which version a request would get)
     moved    {model} -> ok {view}                               (an admin call moved an alias)
     cancel   {id}                                               (the client hung up: drop its rows)
-    beat     {slot, inflight, receiving}                        (a front end's load; also when it falls to 0)
+    beat     {slot, inflight, receiving}                        (a front end's load, every 0.5 s)
 
-The inference process publishes its `HostView` on a PUB socket a few times a second. A front end
-that has not heard from it for `DEAD_AFTER_S`, or that the supervisor tells it died (SIGUSR1),
-fails what it waits for with 503 and refuses new work with 503 until a view comes again.
+The inference process sends its `HostView` to every front end a few times a second (`view`). A
+front end whose connection closes (the inference process died), or that has not heard from it
+for `DEAD_AFTER_S` (it hangs), fails what it waits for with 503, refuses new work with 503, and
+connects again until a view comes.
 
 A front end decodes for the version it believes serves the request (``assumed``); the inference
 process runs the request on what it really serves then. When that version takes other input
@@ -25,21 +27,20 @@ again: a swap in between never runs images prepared for another contract.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import json
 import logging
 import os
 import signal
+import struct
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-import zmq
-import zmq.asyncio
 
 from app.disconnect import CancelOnHangup
 from app.errors import REGISTRY_STATUS, ApiError, UnavailableError
@@ -54,22 +55,76 @@ log = logging.getLogger("app.ipc")
 PUBLISH_EVERY_S = 0.2
 BEAT_EVERY_S = 0.5
 DEAD_AFTER_S = 3.0  # no view for this long: the inference process is taken as down
-FRONTEND_GONE_AFTER_S = 2.0  # no beat for this long: a front end is taken as gone
 MAX_REDECODES = 3
 
 
-def infer_address(run_dir: Path) -> str:
-    return f"ipc://{run_dir / 'inference.sock'}"
+RECONNECT_EVERY_S = 0.1
+LENGTHS = struct.Struct("<IQ")  # a message: header bytes, payload bytes, then the two
 
 
-def view_address(run_dir: Path) -> str:
-    return f"ipc://{run_dir / 'view.sock'}"
+def socket_path(run_dir: Path) -> str:
+    return str(run_dir / "inference.sock")
+
+
+class Link(asyncio.Protocol):
+    """One connection's messages: a JSON header and an optional raw payload, length-prefixed."""
+
+    def __init__(
+        self,
+        on_message: Callable[[Link, dict[str, Any], bytes | None], None],
+        on_lost: Callable[[Link], None],
+    ) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+        self.transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.WriteTransport, transport)  # uvloop's is not an asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= LENGTHS.size:
+            header_size, payload_size = LENGTHS.unpack_from(buffer, start)
+            body = start + LENGTHS.size
+            end = body + header_size + payload_size
+            if len(buffer) < end:
+                break
+            view = memoryview(buffer)
+            header = json.loads(bytes(view[body : body + header_size]))
+            payload = bytes(view[body + header_size : end]) if payload_size else None  # the one copy
+            view.release()
+            start = end
+            try:
+                self._on_message(self, header, payload)
+            except Exception:
+                log.exception("malformed message on the inference link")
+        if start:
+            del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._on_lost(self)
+
+    def send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> bool:
+        """Queue a message; False when the connection is gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        data = _dump(header)
+        if payload is None:
+            transport.write(LENGTHS.pack(len(data), 0) + data)
+        else:
+            transport.writelines([LENGTHS.pack(len(data), payload.nbytes), data, payload.data.cast("B")])
+        return True
 
 
 def signature(contract: ModelContract) -> str:
-    """What an input prepared for ``contract`` depends on: two versions with the same signature
-    take the same arrays."""
-    return json.dumps(
+    """What an input prepared for ``contract`` depends on, digested: two versions with the same
+    signature take the same arrays."""
+    described = json.dumps(
         [
             contract.input.name,
             contract.input.height,
@@ -77,6 +132,7 @@ def signature(contract: ModelContract) -> str:
             contract.preprocessing.model_dump(mode="json"),
         ]
     )
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def _dump(header: dict[str, Any]) -> bytes:
@@ -168,32 +224,37 @@ def view_from_json(data: dict[str, Any], infos: dict[tuple[str, int], VersionInf
 class InferenceEndpoint:
     """Serves the front ends from the model manager of this process."""
 
-    def __init__(
-        self,
-        serving: LocalServing,
-        run_dir: Path,
-        *,
-        frontends: int,
-    ) -> None:
+    def __init__(self, serving: LocalServing, run_dir: Path, *, frontends: int) -> None:
         self._serving = serving
         self._manager = serving.manager
         self._run_dir = run_dir
         self._frontends = frontends
         self.boot = uuid.uuid4().hex
-        self._context = zmq.asyncio.Context()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a front end that has gone is dropped
-        self._pub = self._context.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._tasks: dict[tuple[bytes, int], asyncio.Task[None]] = {}
-        self._loads: dict[bytes, tuple[int, int, int, float]] = {}  # identity -> slot, inflight, receiving, seen
+        self._server: asyncio.AbstractServer | None = None
+        self._links: set[Link] = set()
+        self._tasks: dict[tuple[Link, int], asyncio.Task[None]] = {}
+        self._loads: dict[Link, tuple[int, int, int, float]] = {}  # link -> slot, inflight, receiving, seen
         self._infos: dict[tuple[str, int], dict[str, Any]] = {}
-        self._loops: list[asyncio.Task[None]] = []
+        self._publisher: asyncio.Task[None] | None = None
 
-    def bind(self) -> None:
-        self._router.bind(infer_address(self._run_dir))
-        self._pub.bind(view_address(self._run_dir))
+    async def start(self) -> None:
+        """Listen, and send the view to the front ends from now on (also while the models load)."""
+        path = socket_path(self._run_dir)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Link(self._dispatch, self._lost), path
+        )
+        self._publisher = asyncio.create_task(self._publish_loop(), name="ipc-publish")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [*self._tasks.values(), *([self._publisher] if self._publisher else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in list(self._links):
+            if link.transport is not None:
+                link.transport.close()
 
     def inflight(self) -> int:
         """Inference requests admitted by every front end, as they last said."""
@@ -203,86 +264,72 @@ class InferenceEndpoint:
         """Whether requests beyond the queued ones are in flight somewhere on the host (batcher hook)."""
         return self.inflight() > queued_requests
 
-    def start(self) -> None:
-        self._loops = [
-            asyncio.create_task(self._receive_loop(), name="ipc-receive"),
-            asyncio.create_task(self._publish_loop(), name="ipc-publish"),
-        ]
-
-    async def close(self) -> None:
-        for task in [*self._loops, *self._tasks.values()]:
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks.values(), return_exceptions=True)
-        self._router.close(linger=0)
-        self._pub.close(linger=0)
-        self._context.term()
-
     def view(self) -> HostView:
-        now = time.monotonic()
-        alive = {ident: load for ident, load in self._loads.items() if now - load[3] < FRONTEND_GONE_AFTER_S}
+        loads = self._loads.values()
         workers = {
             "frontends": self._frontends,
-            "frontends_up": len({load[0] for load in alive.values()}),
+            "frontends_up": len({load[0] for load in loads}),
             "inference": "up",
-            "inflight": sum(load[1] for load in alive.values()),
-            "receiving": sum(load[2] for load in alive.values()),
+            "inflight": sum(load[1] for load in loads),
+            "receiving": sum(load[2] for load in loads),
             "boot": self.boot,
         }
         return replace(self._manager.view(), workers=workers, cache_counts=self._serving.cache_counts())
 
     def _publish(self) -> None:
-        data = _dump(view_to_json(self.view(), self._infos))
-        with contextlib.suppress(zmq.Again):
-            self._pub.send_multipart([b"view", data], flags=zmq.NOBLOCK)
+        header = {"op": "view", "view": view_to_json(self.view(), self._infos)}
+        for link in list(self._links):
+            link.send(header)
 
     async def _publish_loop(self) -> None:
         while True:
             try:
                 self._publish()
             except Exception:  # never let reporting stop the process from serving
-                log.exception("could not publish the host view")
-            now = time.monotonic()
-            for ident in [i for i, load in self._loads.items() if now - load[3] > 10 * FRONTEND_GONE_AFTER_S]:
-                del self._loads[ident]  # a front end that died: its load no longer counts
+                log.exception("could not send the host view")
             await asyncio.sleep(PUBLISH_EVERY_S)
 
-    async def _receive_loop(self) -> None:
-        router = self._router
-        while True:
-            frames = await router.recv_multipart(copy=False)
-            try:
-                self._dispatch(frames)
-            except Exception:
-                log.exception("malformed message from a front end")
+    def _lost(self, link: Link) -> None:
+        """A front end went away: its load no longer counts, and what it asked for is not wanted."""
+        self._links.discard(link)
+        self._loads.pop(link, None)
+        for (owner, _), task in list(self._tasks.items()):
+            if owner is link:
+                task.cancel()
 
-    def _dispatch(self, frames: list[zmq.Frame]) -> None:
-        identity = frames[0].bytes
-        header = json.loads(frames[1].bytes)
+    def _dispatch(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+        if link not in self._links:
+            self._links.add(link)
         op = header["op"]
         if op == "infer":
-            self._loads[identity] = (header.get("slot", -1), header["inflight"], 0, time.monotonic())
-            key = (identity, header["id"])
-            task = asyncio.create_task(self._infer(identity, header, frames[2]))
-            self._tasks[key] = task
-            task.add_done_callback(lambda _: self._tasks.pop(key, None))
+            self._loads[link] = (header["slot"], header["inflight"], 0, time.monotonic())
+            self._spawn(link, header["id"], self._infer(link, header, payload))
         elif op == "cancel":
-            running = self._tasks.get((identity, header["id"]))
+            running = self._tasks.get((link, header["id"]))
             if running is not None:
                 running.cancel()
         elif op == "beat":
-            self._loads[identity] = (header["slot"], header["inflight"], header["receiving"], time.monotonic())
+            self._links.add(link)
+            self._loads[link] = (header["slot"], header["inflight"], header["receiving"], time.monotonic())
         elif op in ("resolve", "moved"):
-            key = (identity, header["id"])
-            task = asyncio.create_task(self._control(identity, header))
-            self._tasks[key] = task
-            task.add_done_callback(lambda _: self._tasks.pop(key, None))
+            self._spawn(link, header["id"], self._control(link, header))
         else:
             log.warning("unknown operation %r from a front end", op)
 
-    async def _reply(self, identity: bytes, header: dict[str, Any], *frames: Any) -> None:
-        await self._router.send_multipart([identity, _dump(header), *frames], copy=False)
+    def _answered(self, link: Link) -> None:
+        """One request of ``link`` is done: count it out of the load that link last reported, so a
+        front end that goes quiet does not keep batches waiting for requests it no longer has."""
+        load = self._loads.get(link)
+        if load is not None and load[1] > 0:
+            self._loads[link] = (load[0], load[1] - 1, load[2], load[3])
 
-    async def _infer(self, identity: bytes, header: dict[str, Any], frame: zmq.Frame) -> None:
+    def _spawn(self, link: Link, request: int, work: Any) -> None:
+        key = (link, request)
+        task = asyncio.create_task(work)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    async def _infer(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
         request = header["id"]
         if header["deadline"] < time.time():
             return  # its front end has given up on it
@@ -290,23 +337,25 @@ class InferenceEndpoint:
             async with self._manager.lease(header["model"], version=header["version"], alias=header["alias"]) as loaded:
                 info: VersionInfo = loaded.info
                 if loaded.version != header["assumed"] and signature(info.contract) != header["sig"]:
-                    await self._reply(identity, {"id": request, "status": "redecode", "info": self._info(info)})
+                    link.send({"id": request, "status": "redecode", "info": self._info(info)})
                     return
-                images = np.frombuffer(frame.buffer, dtype=np.uint8).reshape(header["shape"])
+                images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
                 probabilities = await run_batched(loaded, images, self._serving.metrics, header["slot"])
             answer: dict[str, Any] = {"id": request, "status": "ok", "version": info.version}
             answer["shape"] = list(probabilities.shape)
             if info.version != header["assumed"]:
                 answer["info"] = self._info(info)
-            await self._reply(identity, answer, np.ascontiguousarray(probabilities, dtype=np.float32).data)
+            link.send(answer, np.ascontiguousarray(probabilities, dtype=np.float32))
         except asyncio.CancelledError:
             return  # the client hung up (or this process stops): nobody waits for the answer
         except Exception as exc:
             if not isinstance(exc, (ApiError, RegistryError)):
                 log.exception("inference request failed")
-            await self._reply(identity, {"id": request, "status": "error", **error_fields(exc)})
+            link.send({"id": request, "status": "error", **error_fields(exc)})
+        finally:
+            self._answered(link)
 
-    async def _control(self, identity: bytes, header: dict[str, Any]) -> None:
+    async def _control(self, link: Link, header: dict[str, Any]) -> None:
         request = header["id"]
         try:
             if header["op"] == "resolve":
@@ -318,13 +367,13 @@ class InferenceEndpoint:
                 await self._serving.moved(header["model"])
                 self._publish()  # the other front ends see it now, not at the next tick
                 answer = {"id": request, "status": "ok", "view": view_to_json(self.view(), self._infos)}
-            await self._reply(identity, answer)
+            link.send(answer)
         except asyncio.CancelledError:
             return
         except Exception as exc:
             if not isinstance(exc, (ApiError, RegistryError)):
                 log.exception("%s request failed", header["op"])
-            await self._reply(identity, {"id": request, "status": "error", **error_fields(exc)})
+            link.send({"id": request, "status": "error", **error_fields(exc)})
 
     def _info(self, info: VersionInfo) -> dict[str, Any]:
         key = (info.model_name, info.version)
@@ -346,30 +395,20 @@ class RemoteServing:
         self._counter = counter
         self._timeout_s = timeout_s
         self._alias = alias
-        self._context = zmq.asyncio.Context()
-        self._dealer = self._context.socket(zmq.DEALER)
-        self._dealer.setsockopt(zmq.LINGER, 0)
-        self._sub = self._context.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"view")
-        self._sub.setsockopt(zmq.CONFLATE, 0)
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], list[zmq.Frame]]]] = {}
+        self._link: Link | None = None
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes | None]]] = {}
         self._next_id = 0
         self._infos: dict[tuple[str, int], VersionInfo] = {}
         self._sigs: dict[tuple[str, int], str] = {}
         self._view: HostView | None = None
-        self._boot: str | None = None
         self._heard = 0.0  # monotonic time of the last view
         self._down: str | None = "the inference process has not started yet"
+        self._lost = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._sent_idle = True
 
     async def start(self) -> None:
-        self._dealer.connect(infer_address(self._run_dir))
-        self._sub.connect(view_address(self._run_dir))
         self._loops = [
-            asyncio.create_task(self._reply_loop(), name="ipc-replies"),
-            asyncio.create_task(self._view_loop(), name="ipc-view"),
+            asyncio.create_task(self._connect_loop(), name="ipc-connect"),
             asyncio.create_task(self._beat_loop(), name="ipc-beat"),
         ]
 
@@ -378,15 +417,32 @@ class RemoteServing:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._fail_pending("the server is shutting down")
-        self._dealer.close(linger=0)
-        self._sub.close(linger=0)
-        self._context.term()
+        if self._link is not None and self._link.transport is not None:
+            self._link.transport.close()
 
-    # -- health ---------------------------------------------------------------------------------
+    # -- the connection and health --------------------------------------------------------------
 
-    def inference_died(self) -> None:
-        """The supervisor says the inference process died (SIGUSR1): fail what waits on it now."""
-        self._mark_down("the inference process restarted, retry")
+    async def _connect_loop(self) -> None:
+        """Keep one connection to the inference process; after a loss, connect again."""
+        loop = asyncio.get_running_loop()
+        path = socket_path(self._run_dir)
+        while True:
+            try:
+                _, link = await loop.create_unix_connection(lambda: Link(self._on_message, self._on_lost), path)
+            except OSError:  # not listening (yet, or again)
+                await asyncio.sleep(RECONNECT_EVERY_S)
+                continue
+            self._lost.clear()
+            self._link = link
+            self.beat()  # says who we are and what we carry, before any request
+            await self._lost.wait()
+            await asyncio.sleep(RECONNECT_EVERY_S)
+
+    def _on_lost(self, link: Link) -> None:
+        if link is self._link:
+            self._link = None
+            self._mark_down("the inference process restarted, retry")
+            self._lost.set()
 
     def _mark_down(self, why: str) -> None:
         if self._down is None:
@@ -417,23 +473,17 @@ class RemoteServing:
             return replace(view, inference_error=self._down)
         return view
 
-    async def _view_loop(self) -> None:
-        while True:
-            _, data = await self._sub.recv_multipart()
-            try:
-                view = view_from_json(json.loads(data), self._infos)
-            except Exception:
-                log.exception("malformed view from the inference process")
-                continue
-            boot = (view.workers or {}).get("boot")
-            if self._boot is not None and boot != self._boot:
-                self._fail_pending("the inference process restarted, retry")
-            self._boot = boot
+    def _on_message(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+        if header.get("op") == "view":
+            self._view = view_from_json(header["view"], self._infos)
             self._heard = time.monotonic()
-            self._view = view
             if self._down is not None:
                 log.info("inference process up")
                 self._down = None
+            return
+        future = self._pending.pop(header["id"], None)
+        if future is not None and not future.done():
+            future.set_result((header, payload))
 
     async def _beat_loop(self) -> None:
         parent = os.getppid()
@@ -450,45 +500,30 @@ class RemoteServing:
     def beat(self) -> None:
         """Tell the inference process this front end's load (it times batches by the host's)."""
         counter = self._counter
-        self._send_nowait({"op": "beat", "slot": self._slot, "inflight": counter.value, "receiving": counter.receiving})
+        self._send({"op": "beat", "slot": self._slot, "inflight": counter.value, "receiving": counter.receiving})
 
-    def went_idle(self) -> None:
-        """The admission counter fell to zero: say so now, so no batch waits for requests that are done."""
-        self.beat()
-
-    def _send_nowait(self, header: dict[str, Any], *frames: Any) -> None:
-        with contextlib.suppress(zmq.Again):  # nobody to send to: the inference process is down
-            self._dealer.send_multipart([_dump(header), *frames], flags=zmq.NOBLOCK, copy=False)
+    def _send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> bool:
+        link = self._link
+        return link is not None and link.send(header, payload)
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def _reply_loop(self) -> None:
-        while True:
-            frames = await self._dealer.recv_multipart(copy=False)
-            try:
-                header = json.loads(frames[0].bytes)
-            except ValueError:
-                log.error("malformed reply from the inference process")
-                continue
-            future = self._pending.pop(header["id"], None)
-            if future is not None and not future.done():
-                future.set_result((header, frames[1:]))
-
     async def _request(
-        self, header: dict[str, Any], *frames: Any, scope: MutableMapping[str, Any] | None = None
-    ) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        self,
+        header: dict[str, Any],
+        payload: np.ndarray | None = None,
+        *,
+        scope: MutableMapping[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bytes | None]:
         if self._down is not None:
             raise UnavailableError(self._down, headers={"Retry-After": "1"})
         self._next_id += 1
         request = header["id"] = self._next_id
-        future: asyncio.Future[tuple[dict[str, Any], list[zmq.Frame]]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[dict[str, Any], bytes | None]] = asyncio.get_running_loop().create_future()
+        if not self._send(header, payload):
+            raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
         self._pending[request] = future
         try:
-            try:
-                await self._dealer.send_multipart([_dump(header), *frames], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                self._mark_down("the inference process is not reachable")
-                raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"}) from None
             with CancelOnHangup(scope):
                 async with asyncio.timeout(self._timeout_s):
                     return await future
@@ -498,7 +533,7 @@ class RemoteServing:
             ) from None
         except BaseException:
             if not future.done() or future.cancelled():  # the client hung up, or a time-out: drop its rows
-                self._send_nowait({"op": "cancel", "id": request})
+                self._send({"op": "cancel", "id": request})
             raise
         finally:
             self._pending.pop(request, None)
@@ -563,12 +598,12 @@ class RemoteServing:
                 "inflight": self._counter.value,
                 "deadline": time.time() + self._timeout_s,
             }
-            answer, frames = await self._request(header, np.ascontiguousarray(images).data, scope=scope)
+            answer, payload = await self._request(header, np.ascontiguousarray(images), scope=scope)
             status = answer["status"]
             if status == "ok":
                 if "info" in answer:
                     info = self._info_from(answer)
-                probabilities = np.frombuffer(frames[0].buffer, dtype=np.float32).reshape(answer["shape"])
+                probabilities = np.frombuffer(payload or b"", dtype=np.float32).reshape(answer["shape"])
                 return info, probabilities
             if status == "redecode":
                 info = self._info_from(answer)

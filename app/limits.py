@@ -106,12 +106,6 @@ class InflightCounter:
     def __init__(self) -> None:
         self.value = 0  # admitted: bodies arrived, not answered yet
         self.receiving = 0  # let in, bodies still arriving (they hold no slot)
-        self.on_idle: Callable[[], None] | None = None  # called when the last admitted request is answered
-
-    def leave(self) -> None:
-        self.value -= 1
-        if self.value == 0 and self.on_idle is not None:
-            self.on_idle()
 
     def others_than(self, queued: int) -> bool:
         """Whether requests beyond the ``queued`` ones are in flight (and may join a batch)."""
@@ -175,7 +169,7 @@ class AdmissionMiddleware:
             await self.app(scope, admitting_receive, send)
         finally:
             if admitted:
-                counter.leave()
+                counter.value -= 1
             if receiving:
                 counter.receiving -= 1
 

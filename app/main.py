@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import signal
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -245,7 +243,6 @@ async def _remote_serving(
         timeout_s=settings.inference_timeout_s,
         alias=settings.alias,
     )
-    inflight.on_idle = serving.went_idle
 
     def host_inflight() -> tuple[int, int]:
         workers = serving.view().workers or {}
@@ -255,11 +252,8 @@ async def _remote_serving(
         front_end.metrics_dir,
         StateCollector(lambda: serving.view().loaded, host_inflight, cache_counts=lambda: serving.view().cache_counts),
     )
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, serving.inference_died)  # sent by the supervisor
     await serving.start()
     try:
         yield serving
     finally:
-        loop.remove_signal_handler(signal.SIGUSR1)
         await serving.close()

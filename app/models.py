@@ -1,5 +1,9 @@
 """Which versions are loaded, and how they change without failing a request.
 
+`ModelManager` follows the registry and puts together the parts in `app.versions`: loading and
+warm-up (`VersionLoader`), the versions pinned by requests (`PinnedVersions`), the alias cache
+(`AliasCache`) and the leases on each `LoadedVersion`; `view()` reports it all as plain data.
+
 Each served model follows an alias (default `production`). A poll (and an admin
 promotion) resolves the alias; a new target is loaded and warmed up first, then
 swapped in with one assignment on the event loop. Requests hold a *lease* on the
@@ -21,76 +25,27 @@ import contextlib
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from app.backend import GpuUnavailableError, InferenceBackend, release_freed_memory
-from app.batcher import Batcher
-from app.errors import BadRequestError, NotFoundError, UnavailableError
+from app.backend import GpuUnavailableError, release_freed_memory
+from app.errors import NotFoundError, UnavailableError
 from app.metrics import Metrics
 from app.serving import HostView, ModelView, ServedVersion
 from app.settings import Settings
-from core.contract import contract_changes, to_probabilities
+from app.versions import AliasCache, BackendFactory, LoadedVersion, PinnedVersions, VersionLoader
+from core.contract import contract_changes
 from registry import AliasMove, Registry, VersionInfo
 from registry.errors import RegistryError
 from registry.service import alias_stack
 
 log = logging.getLogger("app.models")
 
-BackendFactory = Callable[[bytes, VersionInfo], InferenceBackend]
+__all__ = ["BackendFactory", "LoadedVersion", "ModelManager", "ModelState"]
 MAX_FALLBACK_ATTEMPTS = 3
-
-
-@dataclass(eq=False)
-class LoadedVersion:
-    name: str
-    info: VersionInfo
-    backend: InferenceBackend
-    batcher: Batcher
-    loaded_at: float = field(default_factory=time.time)
-    leases: int = 0
-    retired: bool = False
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def version(self) -> int:
-        return self.info.version
-
-    @property
-    def provider(self) -> str:
-        providers = self.backend.providers
-        return providers[0] if providers else "unknown"
-
-    async def predict(self, images: np.ndarray, source: int = 0) -> np.ndarray:
-        raw = await self.batcher.submit(images, source)
-        return to_probabilities(raw, self.info.contract.output.kind)
-
-    def acquire(self) -> bool:
-        if self.retired:
-            return False
-        self.leases += 1
-        return True
-
-    def release(self) -> None:
-        self.leases -= 1
-        if self.leases == 0:
-            self._idle.set()
-
-    async def retire(self) -> None:
-        """Wait for the requests holding this version, drain its queue, close its session."""
-        self.retired = True
-        if self.leases:
-            self._idle.clear()
-            await self._idle.wait()
-        await self.batcher.close()
-        self.backend.close()
-        log.info("closed %s v%d", self.name, self.version)
 
 
 @dataclass(eq=False)
@@ -126,14 +81,19 @@ class ModelManager:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self._backend_factory = backend_factory
-        self._inference_executor = inference_executor
         self._loader_executor = loader_executor
-        self._can_grow = can_grow
+        self.loader = VersionLoader(
+            settings=settings,
+            registry=registry,
+            metrics=metrics,
+            backend_factory=backend_factory,
+            inference_executor=inference_executor,
+            call=self.call,
+            can_grow=can_grow,
+        )
+        self.aliases = AliasCache(self._resolve_in_registry, ttl_s=settings.poll_interval_s)
+        self.pinned = PinnedVersions(self.loader.load, capacity=settings.pinned_cache_size, retire=self._retire_later)
         self.states: dict[str, ModelState] = {}
-        self.pinned: OrderedDict[tuple[str, int], LoadedVersion] = OrderedDict()
-        self._pin_loads: dict[tuple[str, int], asyncio.Task[LoadedVersion]] = {}
-        self._alias_cache: dict[tuple[str, str], tuple[int, float]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._poll_task: asyncio.Task[None] | None = None
         self.last_poll_error: str | None = None
@@ -157,11 +117,8 @@ class ModelManager:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
-        for task in list(self._pin_loads.values()):
-            task.cancel()
         versions = [s.current for s in self.states.values() if s.current is not None]
-        versions.extend(self.pinned.values())
-        self.pinned.clear()
+        versions.extend(self.pinned.take_all())
         await asyncio.gather(*(v.retire() for v in versions), *self._retiring, return_exceptions=True)
 
     @property
@@ -216,7 +173,7 @@ class ModelManager:
             if state.recent_failure(target, self.settings.load_retry_s) is not None:
                 return
             try:
-                new = await self._load(state.name, target)
+                new = await self.loader.load(state.name, target)
             except GpuUnavailableError:
                 raise
             except Exception as exc:
@@ -262,7 +219,7 @@ class ModelManager:
         failure = state.last_error
         for version in _earlier_targets(moves, target)[:MAX_FALLBACK_ATTEMPTS]:
             try:
-                state.current = await self._load(state.name, version)
+                state.current = await self.loader.load(state.name, version)
             except GpuUnavailableError:
                 raise
             except Exception as exc:
@@ -289,40 +246,6 @@ class ModelManager:
         return await asyncio.get_running_loop().run_in_executor(
             self._loader_executor, functools.partial(fn, *args, **kwargs)
         )
-
-    async def _load(self, name: str, version: int) -> LoadedVersion:
-        info: VersionInfo = await self.call(self.registry.get_version, name, version)
-        if info.status == "archived":
-            raise NotFoundError(f"{name} v{version} is archived")
-        backend = await self.call(self._create_backend, name, info)
-        b = self.settings.batching
-        batcher = Batcher(
-            backend.run,
-            max_batch_size=b.max_batch_size,
-            max_batch_delay_s=b.max_batch_delay_ms / 1000,
-            max_queue_rows=b.max_queue_rows,
-            executor=self._inference_executor,
-            on_batch=self.metrics.batch_hook(name),
-            can_grow=self._can_grow,
-            on_drop=self.metrics.dropped.labels(name).inc,
-            max_concurrent_batches=b.max_concurrent_batches,
-            name=f"{name} v{version}",
-        )
-        batcher.start()
-        return LoadedVersion(name=name, info=info, backend=backend, batcher=batcher)
-
-    def _create_backend(self, name: str, info: VersionInfo) -> InferenceBackend:
-        """Read (sha256-checked), build the session, and warm it up. Runs in a worker thread."""
-        data = self.registry.open_artifact(name, info.version)
-        backend = self._backend_factory(data, info)
-        contract = info.contract
-        for size in sorted({min(s, self.settings.batching.max_batch_size) for s in self.settings.warmup_batch_sizes}):
-            dummy = np.zeros((size, contract.input.height, contract.input.width, 3), dtype=np.uint8)
-            out = backend.run(dummy)
-            if out.shape != (size, contract.num_outputs):
-                backend.close()
-                raise ValueError(f"warm-up returned shape {out.shape}, expected {(size, contract.num_outputs)}")
-        return backend
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -354,43 +277,19 @@ class ModelManager:
                 )
             return state.current
         if alias is not None:
-            version = await self._resolve_alias(name, alias)
+            version = await self.aliases.version(name, alias)
         assert version is not None
         served = self.states.get(name)
         if served is not None and served.current is not None and served.current.version == version:
             return served.current
-        key = (name, version)
-        if key in self.pinned:
-            self.pinned.move_to_end(key)
-            return self.pinned[key]
-        if self.settings.pinned_cache_size == 0:
-            raise BadRequestError("requests for a specific version are disabled (SERVE_PINNED_CACHE_SIZE=0)")
-        task = self._pin_loads.get(key)
-        if task is None:
-            task = asyncio.create_task(self._load_pinned(name, version))
-            self._pin_loads[key] = task
-            task.add_done_callback(lambda _: self._pin_loads.pop(key, None))
-        return await asyncio.shield(task)
+        return await self.pinned.get(name, version)
 
-    async def _resolve_alias(self, name: str, alias: str) -> int:
-        cached = self._alias_cache.get((name, alias))
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+    async def _resolve_in_registry(self, name: str, alias: str) -> int:
         info: VersionInfo = await self.call(self.registry.resolve, name, alias)
-        self._alias_cache[(name, alias)] = (info.version, time.monotonic() + self.settings.poll_interval_s)
         return info.version
 
-    async def _load_pinned(self, name: str, version: int) -> LoadedVersion:
-        loaded = await self._load(name, version)
-        self.pinned[(name, version)] = loaded
-        while len(self.pinned) > self.settings.pinned_cache_size:
-            _, evicted = self.pinned.popitem(last=False)
-            self._retire_later(evicted)
-        return loaded
-
     def forget_alias_cache(self, name: str) -> None:
-        for key in [k for k in self._alias_cache if k[0] == name]:
-            del self._alias_cache[key]
+        self.aliases.forget(name)
 
     # -- reporting ---------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ one request at a time, for the transports considered (docs/decisions/0006):
 
 - ZeroMQ `ipc://`, JSON header + raw array frames (what `app.ipc` does);
 - ZeroMQ `ipc://`, the array pickled into one frame;
+- a unix-domain stream socket between two uvloop event loops, length-prefixed JSON header and raw
+  array bytes: the server's own transport (`app.ipc.Link`), asyncio client and server;
 - a `multiprocessing` pipe, the array pickled (what `concurrent.futures.ProcessPoolExecutor` does).
 
 Prints the median and p99 round trip in microseconds per payload size.
@@ -12,6 +14,7 @@ Prints the median and p99 round trip in microseconds per payload size.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import pickle
@@ -56,6 +59,65 @@ def _zmq_echo(address: str, raw: bool) -> None:
             sock.send_multipart([identity, pickle.dumps(out, protocol=5)])
     sock.close(linger=0)
     context.term()
+
+
+async def _link_echo_main(path: str) -> None:
+    """An echo server on the server's own transport (`app.ipc.Link`)."""
+    from app.ipc import Link
+
+    done = asyncio.Event()
+
+    def answer(link: Link, header: dict[str, object], payload: bytes | None) -> None:
+        if header.get("stop"):
+            done.set()
+            return
+        shape = header["shape"]
+        assert isinstance(shape, list)
+        images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(shape)
+        out = np.zeros((len(images), CLASSES), dtype=np.float32)
+        link.send({"shape": list(out.shape)}, out)
+
+    server = await asyncio.get_running_loop().create_unix_server(lambda: Link(answer, lambda link: None), path)
+    async with server:
+        await done.wait()
+
+
+def _link_echo(path: str) -> None:
+    import uvloop
+
+    uvloop.run(_link_echo_main(path))
+
+
+async def _link_client(path: str, rounds: int) -> dict[str, tuple[float, float]]:
+    from app.ipc import Link
+
+    answers: asyncio.Queue[tuple[dict[str, object], bytes | None]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    for _ in range(100):
+        try:
+            _, link = await loop.create_unix_connection(
+                lambda: Link(lambda link, header, payload: answers.put_nowait((header, payload)), lambda link: None),
+                path,
+            )
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    results = {}
+    for label, shape in PAYLOADS.items():
+        images = np.zeros(shape, dtype=np.uint8)
+        count = rounds if images.nbytes < 1_000_000 else rounds // 10
+        samples = []
+        for i in range(count + min(50, count)):
+            start = time.perf_counter()
+            link.send({"shape": list(images.shape)}, images)
+            _, payload = await answers.get()
+            np.frombuffer(payload or b"", dtype=np.float32)
+            if i >= min(50, count):
+                samples.append((time.perf_counter() - start) * 1e6)
+        samples.sort()
+        results[label] = (statistics.median(samples), samples[int(len(samples) * 0.99) - 1])
+    link.send({"stop": True})
+    return results
 
 
 def _pipe_echo(conn: Connection) -> None:
@@ -107,6 +169,13 @@ def measure(rounds: int = 2000) -> dict[str, dict[str, tuple[float, float]]]:
             echo.join(10)
             sock.close(linger=0)
             zcontext.term()
+        path = str(Path(directory) / "link.sock")
+        echo = context.Process(target=_link_echo, args=(path,))
+        echo.start()
+        import uvloop
+
+        results["unix socket, raw frames (app.ipc, chosen)"] = uvloop.run(_link_client(path, rounds))
+        echo.join(10)
     parent, child = context.Pipe()
     echo = context.Process(target=_pipe_echo, args=(child,))
     echo.start()

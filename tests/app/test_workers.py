@@ -226,11 +226,11 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_path: Path, workers: int) -> None:
-    """A slow model (about a second per batch) takes the first request; the others queue behind it.
+    """A slow model (a second or two per batch) takes the first request; the others queue behind it.
     Their clients hang up meanwhile: their rows must not run."""
     backend = _sqlite_backend(tmp_path)
     with backend.registry() as reg:
-        slow = color_classifier(tmp_path / "slow.onnx", busy_matmuls=48)
+        slow = color_classifier(tmp_path / "slow.onnx", busy_matmuls=96)
         reg.register(name="colors", onnx_path=slow, metadata=color_metadata())
         reg.promote(name="colors", version=1)
     env = env_for(backend, SERVE_BATCHING__MAX_BATCH_SIZE="256", SERVE_BATCHING__MAX_CONCURRENT_BATCHES="1")
@@ -248,7 +248,7 @@ async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_pat
         sockets = [socket.create_connection((host, int(port))) for _ in range(clients)]
         for sock in sockets:
             sock.sendall(head + body)
-        time.sleep(0.2)  # the server reads them: the first runs, the others queue behind it
+        time.sleep(0.5)  # the server reads them: the first runs, the others queue behind it
         for sock in sockets:
             sock.close()
         # Until every request is accounted for (run, or dropped when its batch was taken): the
@@ -267,11 +267,12 @@ async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_pat
     answered = metric(text, "http_requests_total", route="/v1/models/{name}/predict", status="200")
     gone = metric(text, "http_requests_total", route="/v1/models/{name}/predict", status="499")
     print(f"workers={workers}: of {clients} requests whose clients hung up, {ran:.0f} ran, {dropped:.0f} dropped")
-    # Every request that reached a queue ran or was dropped, and was answered (200, or 499 when its
-    # client had gone); one whose connection closed before the server read it never got that far.
-    assert ran + dropped == answered + gone
-    assert dropped >= clients - 5
+    # The server saw the hang-ups (499; one whose client left before it was read never got that far),
+    # and the rows still queued were taken out unrun.
+    assert gone >= clients - 5
+    assert dropped >= clients * 0.75
     assert ran <= 2  # the first request (and at most one more) had started before the hang-ups
+    assert answered <= ran  # (a request whose client left while its batch ran is logged 499, not 200)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

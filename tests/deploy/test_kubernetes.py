@@ -122,8 +122,9 @@ def test_the_api_deployment_is_probed_bounded_locked_down_and_drains() -> None:
     resources = container["resources"]
     assert resources["requests"]["cpu"] and resources["limits"]["cpu"] and resources["limits"]["memory"]
     env = {e["name"]: e for e in container["env"]}
-    for threads in ("SERVE_INTRA_OP_THREADS", "SERVE_DECODE_THREADS"):  # tied to the CPU limit
-        assert env[threads]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # One front end per CPU of the limit; the threads follow from it (app.host.thread_budget).
+    assert env["SERVE_WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert "SERVE_INTRA_OP_THREADS" not in env and "SERVE_DECODE_THREADS" not in env
     for secret in (
         "REGISTRY_DATABASE_URL",
         "REGISTRY_DATABASE_PASSWORD",
