@@ -603,8 +603,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.previous:
                 checkout = stack.enter_context(previous_checkout(args.previous, work))
                 runs.append((f"previous {args.previous}", server(pin=None), checkout))
-            for target, command, cwd in runs:
-                print(f"S7 scaling: {target} ...", flush=True)
+            for round_, (target, command, cwd) in ((r, run) for r in range(args.rounds) for run in runs):
+                print(f"S7 scaling: {target}, round {round_ + 1} of {args.rounds} ...", flush=True)
                 with start(command, env, "/readyz", work / f"scaling-{target.replace(' ', '-')}.log", cwd=cwd) as proc:
                     run_scenarios(target, proc, scaling, with_metrics=True, scaling=True)
     results["targets"] = report.targets(results)
@@ -630,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--previous", metavar="REV", help="S7 also runs the server as of this git revision, side by side"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="S7: run every target this many times, interleaved; figures are medians"
     )
     args = parser.parse_args(argv)
     results = run(args)
