@@ -404,6 +404,7 @@ class RemoteServing:
         self._heard = 0.0  # monotonic time of the last view
         self._down: str | None = "the inference process has not started yet"
         self._lost = asyncio.Event()
+        self._heard_once = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -411,6 +412,16 @@ class RemoteServing:
             asyncio.create_task(self._connect_loop(), name="ipc-connect"),
             asyncio.create_task(self._beat_loop(), name="ipc-beat"),
         ]
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until the inference process has been heard from (False after ``timeout_s``). A
+        front end that takes connections before that would answer them 503."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._heard_once.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         for task in self._loops:
@@ -477,6 +488,7 @@ class RemoteServing:
         if header.get("op") == "view":
             self._view = view_from_json(header["view"], self._infos)
             self._heard = time.monotonic()
+            self._heard_once.set()
             if self._down is not None:
                 log.info("inference process up")
                 self._down = None

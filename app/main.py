@@ -253,6 +253,14 @@ async def _remote_serving(
         StateCollector(lambda: serving.view().loaded, host_inflight, cache_counts=lambda: serving.view().cache_counts),
     )
     await serving.start()
+    # Take connections only once the inference process has answered: until then every request
+    # would get 503, while the front ends already connected serve them.
+    if not await serving.wait_connected(settings.inference_timeout_s):
+        log.warning(
+            "front end %d: no answer from the inference process in %g s; serving 503 until it answers",
+            front_end.slot,
+            settings.inference_timeout_s,
+        )
     try:
         yield serving
     finally:

@@ -230,10 +230,19 @@ async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_pat
     Their clients hang up meanwhile: their rows must not run."""
     backend = _sqlite_backend(tmp_path)
     with backend.registry() as reg:
-        slow = color_classifier(tmp_path / "slow.onnx", busy_matmuls=96)
+        slow = color_classifier(tmp_path / "slow.onnx", busy_matmuls=64)
         reg.register(name="colors", onnx_path=slow, metadata=color_metadata())
         reg.promote(name="colors", version=1)
-    env = env_for(backend, SERVE_BATCHING__MAX_BATCH_SIZE="256", SERVE_BATCHING__MAX_CONCURRENT_BATCHES="1")
+    # The first row starts a batch at once (no delay to wait for company: with two front ends
+    # sending side by side, a few more would join it). One ONNX Runtime thread: the slow batch keeps
+    # one core busy, not both, so the processes that notice the hang-ups get to run meanwhile.
+    env = env_for(
+        backend,
+        SERVE_BATCHING__MAX_BATCH_SIZE="256",
+        SERVE_BATCHING__MAX_BATCH_DELAY_MS="0",
+        SERVE_BATCHING__MAX_CONCURRENT_BATCHES="1",
+        SERVE_INTRA_OP_THREADS="1",
+    )
     clients = 40
     with server_process(env, workers=workers) as server:
         request = httpx.Request(
