@@ -77,18 +77,23 @@ async def post_red(client: httpx.AsyncClient, server: Server) -> httpx.Response:
 
 
 async def test_a_batch_holds_rows_from_several_front_ends_and_metrics_add_up(tmp_path: Path) -> None:
-    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    """Every request on a new connection, so the kernel spreads them over the front ends; a model
+    slow enough (a few tens of ms a batch) that rows from all of them queue behind each batch."""
+    backend = _sqlite_backend(tmp_path)
+    with backend.registry() as reg:
+        slowish = color_classifier(tmp_path / "slowish.onnx", busy_matmuls=4)
+        reg.register(name="colors", onnx_path=slowish, metadata=color_metadata())
+        reg.promote(name="colors", version=1)
     env = env_for(backend, SERVE_BATCHING__MAX_BATCH_DELAY_MS="20", SERVE_BATCHING__MAX_BATCH_SIZE="64")
     with server_process(env, workers=4) as server:
         ready = httpx.get(f"{server.url}/readyz").json()
         assert ready["workers"]["frontends"] == 4
         assert len(children(server, "frontend")) == 4
         assert len(children(server, "inference")) == 1
-        # Separate clients: each has its own connections, which the kernel hands to different front ends.
         responses: list[httpx.Response] = []
 
-        async def one_client() -> None:  # 20 requests in a row on its own connection
-            async with httpx.AsyncClient(timeout=30) as client:
+        async def one_client() -> None:  # 20 requests in a row, each on a connection of its own
+            async with httpx.AsyncClient(timeout=30, headers={"Connection": "close"}) as client:
                 for _ in range(20):
                     responses.append(await post_red(client, server))
 
