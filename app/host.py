@@ -123,7 +123,7 @@ class Supervisor:
                 time.sleep(0.05)
                 now = time.monotonic()
                 for child in children:
-                    status = self._watch(child, listener, front_ends, now)
+                    status = self._watch(child, listener, now)
                     if status:
                         self._stopping = True
                         break
@@ -148,7 +148,7 @@ class Supervisor:
         child.started = time.monotonic()
         child.restart_at = None
 
-    def _watch(self, child: Child, listener: socket.socket, front_ends: list[Child], now: float) -> int:
+    def _watch(self, child: Child, listener: socket.socket, now: float) -> int:
         """Restart ``child`` if it died (after its delay); a status to stop the host with, or 0."""
         if child.restart_at is not None:
             if now >= child.restart_at:

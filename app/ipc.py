@@ -34,7 +34,6 @@ import os
 import signal
 import struct
 import time
-import uuid
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from pathlib import Path
@@ -229,11 +228,10 @@ class InferenceEndpoint:
         self._manager = serving.manager
         self._run_dir = run_dir
         self._frontends = frontends
-        self.boot = uuid.uuid4().hex
         self._server: asyncio.AbstractServer | None = None
         self._links: set[Link] = set()
         self._tasks: dict[tuple[Link, int], asyncio.Task[None]] = {}
-        self._loads: dict[Link, tuple[int, int, int, float]] = {}  # link -> slot, inflight, receiving, seen
+        self._loads: dict[Link, tuple[int, int, int]] = {}  # link -> slot, inflight, receiving
         self._infos: dict[tuple[str, int], dict[str, Any]] = {}
         self._publisher: asyncio.Task[None] | None = None
 
@@ -272,7 +270,6 @@ class InferenceEndpoint:
             "inference": "up",
             "inflight": sum(load[1] for load in loads),
             "receiving": sum(load[2] for load in loads),
-            "boot": self.boot,
         }
         return replace(self._manager.view(), workers=workers, cache_counts=self._serving.cache_counts())
 
@@ -298,19 +295,17 @@ class InferenceEndpoint:
                 task.cancel()
 
     def _dispatch(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
-        if link not in self._links:
-            self._links.add(link)
+        self._links.add(link)
         op = header["op"]
         if op == "infer":
-            self._loads[link] = (header["slot"], header["inflight"], 0, time.monotonic())
+            self._loads[link] = (header["slot"], header["inflight"], 0)
             self._spawn(link, header["id"], self._infer(link, header, payload))
         elif op == "cancel":
             running = self._tasks.get((link, header["id"]))
             if running is not None:
                 running.cancel()
         elif op == "beat":
-            self._links.add(link)
-            self._loads[link] = (header["slot"], header["inflight"], header["receiving"], time.monotonic())
+            self._loads[link] = (header["slot"], header["inflight"], header["receiving"])
         elif op in ("resolve", "moved"):
             self._spawn(link, header["id"], self._control(link, header))
         else:
@@ -321,7 +316,7 @@ class InferenceEndpoint:
         front end that goes quiet does not keep batches waiting for requests it no longer has."""
         load = self._loads.get(link)
         if load is not None and load[1] > 0:
-            self._loads[link] = (load[0], load[1] - 1, load[2], load[3])
+            self._loads[link] = (load[0], load[1] - 1, load[2])
 
     def _spawn(self, link: Link, request: int, work: Any) -> None:
         key = (link, request)
