@@ -423,8 +423,9 @@ class RemoteServing:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._fail_pending("the server is shutting down")
-        if self._link is not None and self._link.transport is not None:
-            self._link.transport.close()
+        link, self._link = self._link, None  # closing it ourselves is no loss to report
+        if link is not None and link.transport is not None:
+            link.transport.close()
 
     # -- the connection and health --------------------------------------------------------------
 
