@@ -1,7 +1,7 @@
 """Load generation: `hey` when installed, else a bounded asyncio+httpx client in its own process.
 
-Both send exactly `requests` requests with `concurrency` workers over keep-alive
-connections on loopback and report per-request latency and status.
+Both send exactly `requests` requests (or keep sending for `seconds`) with `concurrency` workers
+over keep-alive connections on loopback and report per-request latency and status.
 """
 
 from __future__ import annotations
@@ -40,11 +40,14 @@ def run_load(
     requests: int,
     concurrency: int,
     method: str = "POST",
+    seconds: float | None = None,
 ) -> LoadResult:
+    """``seconds``: send for that long instead of a request count (a fast host finishes a fixed count
+    before it is warm; a slow one takes minutes)."""
     requests = max(concurrency, requests // concurrency * concurrency)  # hey sends n // c per worker
     if shutil.which("hey"):
-        return _hey(url, body, content_type, headers, requests, concurrency, method)
-    return _python(url, body, content_type, headers, requests, concurrency, method)
+        return _hey(url, body, content_type, headers, requests, concurrency, method, seconds)
+    return _python(url, body, content_type, headers, requests, concurrency, method, seconds)
 
 
 def _hey(
@@ -55,11 +58,11 @@ def _hey(
     requests: int,
     concurrency: int,
     method: str,
+    seconds: float | None,
 ) -> LoadResult:
     args = [
         "hey",
-        "-n",
-        str(requests),
+        *(["-z", f"{seconds}s"] if seconds else ["-n", str(requests)]),
         "-c",
         str(concurrency),
         "-m",
@@ -86,7 +89,8 @@ def _hey(
     ok = [float(r["response-time"]) for r in rows if r["status-code"] == "200"]
     steady = [float(r["response-time"]) for r in rows if r["status-code"] == "200" and float(r["offset"]) > 1.0]
     # hey gives each worker n // c requests; its CSV lists those that got a response, the rest failed.
-    sent = requests // concurrency * concurrency
+    # For a duration hey lists what was answered; requests that failed are not counted then.
+    sent = len(rows) if seconds else requests // concurrency * concurrency
     return LoadResult("hey", sent, concurrency, wall, latencies, statuses, sent - len(rows), ok, steady)
 
 
@@ -98,6 +102,7 @@ def _python(
     requests: int,
     concurrency: int,
     method: str,
+    seconds: float | None,
 ) -> LoadResult:
     spec = {
         "url": url,
@@ -107,6 +112,7 @@ def _python(
         "requests": requests,
         "concurrency": concurrency,
         "method": method,
+        "seconds": seconds,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", json.dumps(spec)], capture_output=True, text=True, timeout=900
@@ -116,7 +122,7 @@ def _python(
     out = json.loads(proc.stdout)
     return LoadResult(
         "python-httpx",
-        requests,
+        out["sent"],
         concurrency,
         out["wall_s"],
         out["latencies_s"],
@@ -138,14 +144,17 @@ async def _drive(spec: dict) -> dict:
     statuses: dict[int, int] = {}
     errors = 0
     remaining = spec["requests"]
+    deadline = time.perf_counter() + spec["seconds"] if spec.get("seconds") else None
+    sent = 0
     limits = httpx.Limits(max_connections=spec["concurrency"], max_keepalive_connections=spec["concurrency"])
 
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
         async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
+            nonlocal remaining, errors, sent
+            while (time.perf_counter() < deadline) if deadline else remaining > 0:
                 remaining -= 1
+                sent += 1
                 started = time.perf_counter()
                 try:
                     r = await client.request(spec["method"], spec["url"], content=payload, headers=headers)
@@ -163,6 +172,7 @@ async def _drive(spec: dict) -> dict:
         await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
         wall = time.perf_counter() - started
     return {
+        "sent": sent,
         "wall_s": wall,
         "latencies_s": latencies,
         "statuses": statuses,

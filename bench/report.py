@@ -26,6 +26,24 @@ def _previous(results: dict[str, Any]) -> str:
     raise KeyError("previous")
 
 
+def _widest(results: dict[str, Any]) -> int | None:
+    """The most workers S7 ran, when that is 16 or more (the wide-host targets); else None."""
+    counts = [int(x["target"][1:]) for x in results["scenarios"] if x.get("scaling") and x["target"][1:].isdigit()]
+    return max(counts) if counts and max(counts) >= 16 else None
+
+
+def _best_s4_wide(results: dict[str, Any]) -> float:
+    """S4 with 64 requests in flight, at the worker count that did best; CUDA runs only."""
+    found = [
+        x["images_per_s"]
+        for x in results["scenarios"]
+        if x.get("scaling") and x["name"].startswith("S4") and x["concurrency"] == 64 and x["target"][1:].isdigit()
+    ]
+    if results.get("provider_requested") != "cuda" or not found:
+        raise KeyError("S4 c=64 on CUDA")
+    return max(found)
+
+
 def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
     """Throughput of 2 workers on 2 cores over twice that of 1 worker pinned to 1 core, per scenario."""
     out = {}
@@ -68,6 +86,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     def s(name: str, target: str = "server", concurrency: int | None = None) -> dict[str, Any]:
         return _find(results, name, target, concurrency)
+
+    wide = _widest(results)
 
     def s5_only_200_503() -> int:
         return 0 if set(s("S5 overload png raw")["statuses"]) <= {"200", "503"} else 1
@@ -167,6 +187,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 X,
             )
             for name, c in SCALED
+        ),
+        # A wide host (16 cores and more): the most workers against one, and S4 with 64 in flight.
+        *(
+            (
+                f"S7 {name} c={c}: {wide} workers / 1",
+                (lambda name=name, c=c: s(name, f"w{wide}", c)["throughput_rps"] / s(name, "w1", c)["throughput_rps"]),
+                goal,
+                True,
+                X,
+            )
+            for name, c, goal in (("S1 png raw", 32, 8.0), ("S2 photo jpeg", 32, 10.0))
+            if wide
+        ),
+        (
+            "S7 S4 c=64: images/s, the best worker count (CUDA)",
+            lambda: _best_s4_wide(results),
+            100_000,
+            True,
+            "",
         ),
         ("start to ready (s)", lambda: results["server"]["start_to_ready_s"], 3.0, False, "s"),
         ("RSS after run (MB)", lambda: results["server"]["rss_mb_after_run"], 300, False, "MB"),

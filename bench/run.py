@@ -303,6 +303,7 @@ def measure(
     headers: dict[str, str] | None = None,
     method: str = "POST",
     with_metrics: bool = False,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     body_file = None
     if body is not None:
@@ -313,7 +314,7 @@ def measure(
     run_load(url, body_file, requests=min(requests, max(concurrency, 50)), concurrency=concurrency, **kwargs)  # warm
     batches_before = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
     cpu_before = proc.cpu_seconds()
-    result: LoadResult = run_load(url, body_file, requests=requests, concurrency=concurrency, **kwargs)
+    result: LoadResult = run_load(url, body_file, requests=requests, concurrency=concurrency, seconds=seconds, **kwargs)
     cpu = proc.cpu_seconds() - cpu_before
     batches_after = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
     lat = np.array(result.latencies_s or [float("nan")]) * 1000
@@ -542,6 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     images=per_request,
                     work=work,
                     with_metrics=with_metrics,
+                    seconds=args.seconds,
                 )
                 if scaling:
                     entry["scaling"] = True
@@ -596,6 +598,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("S1 png raw", path, 32, r["c32"], one_png),
             *(entry for entry in server_scenarios if entry[0].startswith(("S2", "S3", "S4"))),
         ]
+        if cores >= 8:  # a host this wide (or a GPU) needs more than 8 requests in flight to fill it
+            name, route, _, n, payload = next(e for e in server_scenarios if e[0].startswith("S4"))
+            scaling.append((name, route, 64, n * 4, payload))
         runs = [(f"w{count}", server(count), ROOT) for count in worker_counts(cores)]
         if shutil.which("taskset") and cores > 1:
             runs.append(("w1 on 1 core", server(1, pin="0"), ROOT))
@@ -630,6 +635,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--previous", metavar="REV", help="S7 also runs the server as of this git revision, side by side"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="S1-S5 and S7: send load for this long per measurement instead of a fixed request count",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="S7: run every target this many times, interleaved; figures are medians"
