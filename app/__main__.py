@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        root_path=settings.root_path,
         log_level=args.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,

@@ -271,6 +271,7 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str) -> int:
     app = create_app(settings, front_end=FrontEnd(run_dir=run_dir, slot=slot, metrics_dir=run_dir / "metrics"))
     config = uvicorn.Config(
         app,
+        root_path=settings.root_path,
         log_level=log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,

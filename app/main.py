@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app import console
 from app.api import admin, health, v1, v2
 from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers, release_freed_memory
@@ -170,6 +171,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(v2.router)
     app.include_router(health.router)
+    app.include_router(console.router)
     install_handlers(app)
     _complete_openapi(app)
     # Innermost first: the fast path runs inside the metrics, admission and body-limit layers.
@@ -187,7 +189,11 @@ def create_app(
         counter=inflight,
         on_shed=metrics.shed.inc,
     )
-    routes = [route for router in (v1.router, admin.router, v2.router, health.router) for route in router.routes]
+    routes = [
+        route
+        for router in (v1.router, admin.router, v2.router, health.router, console.router)
+        for route in router.routes
+    ]
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes)
     return app
 

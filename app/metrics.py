@@ -26,6 +26,17 @@ from app.batcher import BatchStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+INFERENCE_ROUTES = frozenset(
+    {"/v1/models/{name}/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
+)
+MAX_MODEL_LABELS = 64
+
+
+def _model_in_path(scope: Scope) -> str:
+    """The model of an inference request answered before routing (shed, refused by the body limit)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    parts = path.removeprefix(root).split("/") if root and path.startswith(root) else path.split("/")
+    return parts[3] if len(parts) > 3 and parts[2] == "models" else "other"
 
 
 class Metrics:
@@ -37,6 +48,17 @@ class Metrics:
         )
         self.latency = Histogram(
             "http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        # Per served model, for the console and per-model alerts: its inference routes only.
+        self.model_requests = Counter(
+            "model_requests", "Inference requests by model and status class", ["model", "code"], registry=r
+        )
+        self.model_latency = Histogram(
+            "model_request_duration_seconds",
+            "Inference request latency by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "batch_queue_wait_seconds",
@@ -186,6 +208,8 @@ class HttpMetricsMiddleware:
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[str, Any] = {}
         self._templates: dict[tuple[str, str], str] = {}  # (method, path) of unrouted answers -> template
+        self._models: dict[tuple[str, int], tuple[Any, Any]] = {}  # (model, status class) -> label children
+        self._known: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -212,8 +236,28 @@ class HttpMetricsMiddleware:
             timer = self._timers.get(template)
             if timer is None:
                 timer = self._timers[template] = self.metrics.latency.labels(template)
+            elapsed = time.perf_counter() - started
             counter.inc()
-            timer.observe(time.perf_counter() - started)
+            timer.observe(elapsed)
+            if template in INFERENCE_ROUTES and status != 404:
+                self._count_model(scope, status, elapsed)
+
+    def _count_model(self, scope: Scope, status: int, elapsed: float) -> None:
+        name = (scope.get("path_params") or {}).get("name") or _model_in_path(scope)
+        key = (name, status // 100)
+        children = self._models.get(key)
+        if children is None:
+            if len({model for model, _ in self._models}) >= MAX_MODEL_LABELS and name not in self._known:
+                name, key = "other", ("other", status // 100)  # names come from clients: keep the labels bounded
+            self._known.add(name)
+            children = self._models.get(key)
+            if children is None:
+                children = self._models[key] = (
+                    self.metrics.model_requests.labels(name, f"{status // 100}xx"),
+                    self.metrics.model_latency.labels(name),
+                )
+        children[0].inc()
+        children[1].observe(elapsed)
 
     def _template_of(self, scope: Scope) -> str:
         """The route template of a request answered before routing (shed by admission, refused by the

@@ -165,6 +165,10 @@ class AsyncRegistry:
         versions: list[VersionInfo] = await self._call(self._registry.list_versions, name)
         return versions
 
+    async def read_extra(self, name: str, version: int, extra: str) -> bytes:
+        content: bytes = await self._call(self._registry.read_extra, name, version, extra)
+        return content
+
     async def history(self, name: str, alias: str | None = None) -> list[AliasMove]:
         moves: list[AliasMove] = await self._call(self._registry.history, name, alias)
         return moves

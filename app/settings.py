@@ -89,6 +89,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (also --host); 0.0.0.0 in the images")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (also --port)")
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="the path prefix a reverse proxy serves this server under, e.g. /imgserve (the proxy strips "
+        "it); the OpenAPI docs and the console at /ui use it",
+    )
     workers: int | Literal["auto"] = Field(
         "auto",
         description="front-end processes (also --workers); auto: the CPUs this process may use (affinity and "

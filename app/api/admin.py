@@ -8,9 +8,11 @@ other replicas follow at theirs.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from pathlib import PurePosixPath
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
@@ -97,6 +99,42 @@ async def _after_move(serving: Serving, name: str, move: AliasMove) -> MoveResul
 @router.get("/versions", response_model=list[VersionInfo], responses=AUTH_ERRORS, summary="All registered versions")
 async def list_versions(name: ModelName, registry: RegistryDep) -> list[VersionInfo]:
     return await registry.list_versions(name)
+
+
+# Extras are what the training job stored beside a version (plots, reports). Images are shown
+# inline; anything else is a download, so a stored HTML or SVG file never runs in this origin.
+INLINE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+
+
+@router.get(
+    "/versions/{version}/extras/{extra}",
+    response_class=Response,
+    responses={**AUTH_ERRORS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}},
+    summary="A file stored with a version (training plots)",
+)
+async def read_extra(
+    name: ModelName,
+    version: VersionNumber,
+    extra: Annotated[str, Path(max_length=200)],
+    registry: RegistryDep,
+) -> Response:
+    content = await registry.read_extra(name, version, extra)
+    suffix = PurePosixPath(extra).suffix.lower()
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Cache-Control": "private, max-age=3600",  # a version's extras never change
+    }
+    if suffix in INLINE_TYPES:
+        return Response(content, media_type=INLINE_TYPES[suffix], headers=headers)
+    headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(extra)}"
+    return Response(content, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/history", response_model=list[AliasMove], responses=AUTH_ERRORS, summary="Alias history, oldest first")

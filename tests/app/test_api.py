@@ -216,6 +216,19 @@ async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
     assert "batch_queue_wait_seconds_bucket" in text
 
 
+async def test_inference_requests_are_counted_per_model(client: httpx.AsyncClient) -> None:
+    """The console's live figures: requests by model and status class, and their latency."""
+    png = {"content-type": "image/png"}
+    await client.post("/v1/models/colors/predict", content=solid("red"), headers=png)
+    await client.post("/v1/models/colors/predict", content=b"not an image", headers=png)
+    await client.post("/v1/models/nosuch/predict", content=solid("red"), headers=png)  # 404: no series
+    text = (await client.get("/metrics")).text
+    assert 'model_requests_total{code="2xx",model="colors"} 1.0' in text
+    assert 'model_requests_total{code="4xx",model="colors"} 1.0' in text
+    assert 'model_request_duration_seconds_count{model="colors"} 2.0' in text
+    assert 'model="nosuch"' not in text
+
+
 async def test_unknown_route_is_json(client: httpx.AsyncClient) -> None:
     r = await client.get("/nope")
     assert r.status_code == 404
