@@ -159,11 +159,26 @@ class RemoteError(ApiError):
 # -- the view, as JSON -----------------------------------------------------------------------------
 
 
+def dump_info(info: VersionInfo, dumped: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """``info`` as JSON data, serialized again only when it changed (archived) since ``dumped`` got it."""
+    key = (info.model_name, info.version)
+    data = dumped.get(key)
+    if data is None or data["status"] != info.status or data["sha256"] != info.sha256:
+        data = dumped[key] = info.model_dump(mode="json")
+    return data
+
+
+def parse_info(raw: dict[str, Any], parsed: dict[tuple[str, int], VersionInfo]) -> VersionInfo:
+    """``raw`` as a VersionInfo, parsed again only when it differs from the one in ``parsed``."""
+    key = (raw["model_name"], raw["version"])
+    info = parsed.get(key)
+    if info is None or info.sha256 != raw["sha256"] or info.status != raw["status"]:
+        info = parsed[key] = VersionInfo.model_validate(raw)
+    return info
+
+
 def view_to_json(view: HostView, infos: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
     """``infos``: serialized infos by (model, version), reused across publications."""
-    for key, info in view.infos.items():
-        if key not in infos:
-            infos[key] = info.model_dump(mode="json")
     return {
         "alias": view.alias,
         "started": view.started,
@@ -180,7 +195,7 @@ def view_to_json(view: HostView, infos: dict[tuple[str, int], dict[str, Any]]) -
             for m in view.models.values()
         ],
         "loaded": [v.__dict__ for v in view.loaded],
-        "infos": [infos[key] for key in view.infos],
+        "infos": [dump_info(info, infos) for info in view.infos.values()],
         "workers": view.workers,
         "cache_counts": view.cache_counts,
     }
@@ -188,13 +203,7 @@ def view_to_json(view: HostView, infos: dict[tuple[str, int], dict[str, Any]]) -
 
 def view_from_json(data: dict[str, Any], infos: dict[tuple[str, int], VersionInfo]) -> HostView:
     """``infos``: parsed infos by (model, version), reused: a version's info never changes."""
-    known: dict[tuple[str, int], VersionInfo] = {}
-    for raw in data["infos"]:
-        key = (raw["model_name"], raw["version"])
-        info = infos.get(key)
-        if info is None or info.sha256 != raw["sha256"] or info.status != raw["status"]:
-            info = infos[key] = VersionInfo.model_validate(raw)
-        known[key] = info
+    known = {(info.model_name, info.version): info for info in (parse_info(raw, infos) for raw in data["infos"])}
     return HostView(
         alias=data["alias"],
         started=data["started"],
@@ -371,11 +380,7 @@ class InferenceEndpoint:
             link.send({"id": request, "status": "error", **error_fields(exc)})
 
     def _info(self, info: VersionInfo) -> dict[str, Any]:
-        key = (info.model_name, info.version)
-        data = self._infos.get(key)
-        if data is None:
-            data = self._infos[key] = info.model_dump(mode="json")
-        return data
+        return dump_info(info, self._infos)
 
 
 # -- the front end's side ---------------------------------------------------------------------------
@@ -554,12 +559,7 @@ class RemoteServing:
         return sig
 
     def _info_from(self, header: dict[str, Any]) -> VersionInfo:
-        raw = header["info"]
-        key = (raw["model_name"], raw["version"])
-        info = self._infos.get(key)
-        if info is None or info.sha256 != raw["sha256"]:
-            info = self._infos[key] = VersionInfo.model_validate(raw)
-        return info
+        return parse_info(header["info"], self._infos)
 
     @staticmethod
     def _raise(header: dict[str, Any]) -> None:

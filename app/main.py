@@ -194,7 +194,8 @@ def create_app(
         for router in (v1.router, admin.router, v2.router, health.router, console.router)
         for route in router.routes
     ]
-    app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes)
+    model_routes = {path for path in FAST_PATHS if "{name}" in path}  # the inference routes that name a model
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics, routes=routes, model_routes=model_routes)
     return app
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,6 @@ from app.batcher import BatchStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-INFERENCE_ROUTES = frozenset(
-    {"/v1/models/{name}/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
-)
 MAX_MODEL_LABELS = 64
 
 
@@ -198,18 +195,22 @@ class StateCollector(Collector):
 class HttpMetricsMiddleware:
     """Counts requests and times them by route template (not raw path, to bound label cardinality)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[Any] = ()) -> None:
-        """``routes``: the app's routes, to name the route of a request answered before routing."""
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, routes: Sequence[Any] = (), model_routes: Collection[str] = ()
+    ) -> None:
+        """``routes``: the app's routes, to name the route of a request answered before routing.
+        ``model_routes``: the templates (with a ``{name}``) whose requests are also counted per model."""
         self.app = app
         self.metrics = metrics
         self._routes = list(routes)
+        self._model_routes = frozenset(model_routes)
         # Label children by their label values: `labels()` costs several µs a call (argument checks,
         # a lock), paid twice per request; this set is no bigger than the one the metrics hold.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[str, Any] = {}
         self._templates: dict[tuple[str, str], str] = {}  # (method, path) of unrouted answers -> template
         self._models: dict[tuple[str, int], tuple[Any, Any]] = {}  # (model, status class) -> label children
-        self._known: set[str] = set()
+        self._names: set[str] = set()  # the model labels in use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -239,23 +240,22 @@ class HttpMetricsMiddleware:
             elapsed = time.perf_counter() - started
             counter.inc()
             timer.observe(elapsed)
-            if template in INFERENCE_ROUTES and status != 404:
+            if template in self._model_routes and status != 404:
                 self._count_model(scope, status, elapsed)
 
     def _count_model(self, scope: Scope, status: int, elapsed: float) -> None:
         name = (scope.get("path_params") or {}).get("name") or _model_in_path(scope)
+        if name not in self._names:
+            if len(self._names) >= MAX_MODEL_LABELS:
+                name = "other"  # names come from clients: keep the labels bounded
+            self._names.add(name)
         key = (name, status // 100)
         children = self._models.get(key)
         if children is None:
-            if len({model for model, _ in self._models}) >= MAX_MODEL_LABELS and name not in self._known:
-                name, key = "other", ("other", status // 100)  # names come from clients: keep the labels bounded
-            self._known.add(name)
-            children = self._models.get(key)
-            if children is None:
-                children = self._models[key] = (
-                    self.metrics.model_requests.labels(name, f"{status // 100}xx"),
-                    self.metrics.model_latency.labels(name),
-                )
+            children = self._models[key] = (
+                self.metrics.model_requests.labels(name, f"{status // 100}xx"),
+                self.metrics.model_latency.labels(name),
+            )
         children[0].inc()
         children[1].observe(elapsed)
 
