@@ -4,6 +4,12 @@
     ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the socket
     └── inference      (`python -m app.host inference`)  the model manager and the batchers, for every front end
 
+Each front end accepts on a listening socket of its own, all bound to the one port with
+SO_REUSEPORT on Linux: the kernel spreads new connections evenly over them. (On one shared socket,
+whichever process woke first took a whole burst of connections: 30 of 32 keep-alive clients could
+land on one front end while the other idled.) The supervisor holds these sockets; when a front
+end dies, its socket is closed, so new connections go to the others until it is back.
+
 The front ends and the inference process talk over a unix socket in a directory the supervisor
 makes (`app.ipc`). When the inference process dies, the front ends see their connections close
 and answer 503 at once instead of waiting; the supervisor starts a new one, which loads the
@@ -50,6 +56,7 @@ class Child:
     delay: float = 0.5
     restarts: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    listener: socket.socket | None = None  # a front end's listening socket, held by the supervisor too
 
     @property
     def name(self) -> str:
@@ -80,11 +87,17 @@ class Supervisor:
         self.log_level = log_level
         self.cpus = cpus or available_cpus()
         self._stopping = False
+        self._shared: socket.socket | None = None  # without SO_REUSEPORT: the one socket every front end accepts on
         self._signals = 0
 
     def run(self) -> int:
         try:
-            listener = _listen(self.host, self.port)
+            self.port = _claim(self.host, self.port)
+            listeners: list[socket.socket | None] = [None] * self.workers
+            if REUSE_PORT:
+                listeners = [_listen(self.host, self.port, reuse_port=True) for _ in range(self.workers)]
+            else:
+                self._shared = _listen(self.host, self.port)
         except OSError as exc:
             print(f"imgserve: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
@@ -100,8 +113,9 @@ class Supervisor:
             Child(
                 "frontend",
                 slot,
-                [*base, "frontend", *common, "--slot", str(slot), "--fd", str(listener.fileno())],
+                [*base, "frontend", *common, "--slot", str(slot)],
                 extra=front_env,
+                listener=listeners[slot],
             )
             for slot in range(self.workers)
         ]
@@ -118,17 +132,19 @@ class Supervisor:
         status = 0
         try:
             for child in children:
-                self._start(child, listener)
+                self._start(child)
             while not self._stopping:
                 time.sleep(0.05)
                 now = time.monotonic()
                 for child in children:
-                    status = self._watch(child, listener, now)
+                    status = self._watch(child, now)
                     if status:
                         self._stopping = True
                         break
         finally:
-            listener.close()  # new connections are refused once the front ends close theirs too
+            for listener in [self._shared, *(child.listener for child in front_ends)]:
+                if listener is not None:  # new connections are refused once the front ends close theirs too
+                    listener.close()
             self._stop(front_ends, STOP_FRONT_ENDS_S)
             self._stop([inference], STOP_INFERENCE_S)
             for sig, handler in previous.items():
@@ -142,23 +158,38 @@ class Supervisor:
         if self._signals > 1:  # a second Ctrl-C: do not wait for the drain
             raise KeyboardInterrupt
 
-    def _start(self, child: Child, listener: socket.socket) -> None:
-        fds = (listener.fileno(),) if child.role == "frontend" else ()
-        child.process = subprocess.Popen(child.command, pass_fds=fds, env={**os.environ, **child.extra})
+    def _start(self, child: Child) -> None:
+        command = child.command
+        fds: tuple[int, ...] = ()
+        if child.role == "frontend":
+            listener = self._shared or child.listener
+            if listener is None:  # a restart: the socket closed with the process that died
+                try:
+                    listener = child.listener = _listen(self.host, self.port, reuse_port=True)
+                except OSError as exc:  # the port was taken meanwhile: try again at the next restart
+                    log.error("%s cannot listen on port %d: %s", child.name, self.port, exc.strerror or exc)
+                    child.restart_at = time.monotonic() + child.delay
+                    return
+            fds = (listener.fileno(),)
+            command = [*command, "--fd", str(listener.fileno())]
+        child.process = subprocess.Popen(command, pass_fds=fds, env={**os.environ, **child.extra})
         child.started = time.monotonic()
         child.restart_at = None
 
-    def _watch(self, child: Child, listener: socket.socket, now: float) -> int:
+    def _watch(self, child: Child, now: float) -> int:
         """Restart ``child`` if it died (after its delay); a status to stop the host with, or 0."""
         if child.restart_at is not None:
             if now >= child.restart_at:
                 child.restarts += 1
-                self._start(child, listener)
+                self._start(child)
             return 0
         assert child.process is not None
         code = child.process.poll()
         if code is None:
             return 0
+        if child.listener is not None:  # connections it had not accepted are lost with it; new ones go to the others
+            child.listener.close()
+            child.listener = None
         if code == FATAL and child.restarts == 0:
             log.error("%s cannot start (exit status %d): stopping", child.name, code)
             return FATAL
@@ -187,12 +218,34 @@ class Supervisor:
                 raise
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+REUSE_PORT = sys.platform == "linux"  # elsewhere SO_REUSEPORT does not spread connections: one shared socket
+
+
+def _socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    return sock
+
+
+def _claim(host: str, port: int) -> int:
+    """Check that ``port`` is free, without SO_REUSEPORT: a port another server holds, even one that
+    shares it with SO_REUSEPORT, is refused here instead of being silently split with it. The
+    port (an ephemeral one for 0)."""
+    with _socket(host) as probe:
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    sock = _socket(host)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
