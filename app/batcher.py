@@ -137,6 +137,11 @@ class Batcher:
     async def submit(self, rows: np.ndarray, source: int = 0) -> np.ndarray:
         """Queue ``rows`` (a batch of one or more inputs) and wait for their outputs. ``source`` names
         the submitter (a front-end process), for the statistics."""
+        return await self.enqueue(rows, source)
+
+    def enqueue(self, rows: np.ndarray, source: int = 0) -> asyncio.Future[np.ndarray]:
+        """`submit` without a coroutine: the future of ``rows``' outputs, for callers that answer from
+        a callback. Cancelling the future drops the rows if they have not run yet."""
         if self._closing:
             raise BatcherClosedError(f"{self.name} is shutting down")
         if self._loop is None:
@@ -150,7 +155,7 @@ class Batcher:
         self._queue.append(_Pending(rows, future, self._clock(), source))
         self._queued_rows += count
         self._schedule()
-        return await future
+        return future
 
     async def close(self) -> None:
         """Stop accepting rows, finish everything already queued, then return."""

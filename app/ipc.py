@@ -37,17 +37,20 @@ import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from app.disconnect import CancelOnHangup
 from app.errors import REGISTRY_STATUS, ApiError, UnavailableError
 from app.limits import InflightCounter
-from app.serving import HostView, LocalServing, ModelView, Prepare, ServedVersion, run_batched
+from app.serving import HostView, LocalServing, ModelView, Prepare, ServedVersion, batch_error
 from core.contract import ModelContract
 from registry import VersionInfo
 from registry.errors import RegistryError
+
+if TYPE_CHECKING:
+    from app.versions import LoadedVersion
 
 log = logging.getLogger("app.ipc")
 
@@ -239,7 +242,7 @@ class InferenceEndpoint:
         self._frontends = frontends
         self._server: asyncio.AbstractServer | None = None
         self._links: set[Link] = set()
-        self._tasks: dict[tuple[Link, int], asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[Link, int], asyncio.Future[Any]] = {}  # what each request waits on
         self._loads: dict[Link, tuple[int, int, int]] = {}  # link -> slot, inflight, receiving
         self._infos: dict[tuple[str, int], dict[str, Any]] = {}
         self._publisher: asyncio.Task[None] | None = None
@@ -308,7 +311,11 @@ class InferenceEndpoint:
         op = header["op"]
         if op == "infer":
             self._loads[link] = (header["slot"], header["inflight"], 0)
-            self._spawn(link, header["id"], self._infer(link, header, payload))
+            loaded = self._manager.lease_now(header["model"], header["version"], header["alias"])
+            if loaded is not None:
+                self._infer_now(link, header, payload, loaded)
+            else:
+                self._spawn(link, header["id"], self._infer(link, header, payload))
         elif op == "cancel":
             running = self._tasks.get((link, header["id"]))
             if running is not None:
@@ -331,33 +338,75 @@ class InferenceEndpoint:
         key = (link, request)
         task = asyncio.create_task(work)
         self._tasks[key] = task
-        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+        task.add_done_callback(lambda _: self._tasks.pop(key) if self._tasks.get(key) is task else None)
 
-    async def _infer(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+    def _infer_now(self, link: Link, header: dict[str, Any], payload: bytes | None, loaded: LoadedVersion) -> None:
+        """Run a request on ``loaded`` (acquired; released here): its rows go to the batcher and the
+        answer leaves from the batch's callback, with no task per request. The requests to the served
+        version come here straight from the socket; this event loop serves every front end, so what
+        it does per request is what caps the host (docs/workers.md)."""
         request = header["id"]
         if header["deadline"] < time.time():
-            return  # its front end has given up on it
+            self._done(link, loaded)  # its front end has given up on it
+            return
+        info = loaded.info
+        if loaded.version != header["assumed"] and signature(info.contract) != header["sig"]:
+            link.send({"id": request, "status": "redecode", "info": self._info(info)})
+            self._done(link, loaded)
+            return
+        images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
         try:
-            async with self._manager.lease(header["model"], version=header["version"], alias=header["alias"]) as loaded:
-                info: VersionInfo = loaded.info
-                if loaded.version != header["assumed"] and signature(info.contract) != header["sig"]:
-                    link.send({"id": request, "status": "redecode", "info": self._info(info)})
-                    return
-                images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
-                probabilities = await run_batched(loaded, images, self._serving.metrics, header["slot"])
-            answer: dict[str, Any] = {"id": request, "status": "ok", "version": info.version}
-            answer["shape"] = list(probabilities.shape)
-            if info.version != header["assumed"]:
-                answer["info"] = self._info(info)
-            link.send(answer, np.ascontiguousarray(probabilities, dtype=np.float32))
-        except asyncio.CancelledError:
-            return  # the client hung up (or this process stops): nobody waits for the answer
+            future = loaded.batcher.enqueue(images, header["slot"])
         except Exception as exc:
-            if not isinstance(exc, (ApiError, RegistryError)):
-                log.exception("inference request failed")
-            link.send({"id": request, "status": "error", **error_fields(exc)})
-        finally:
+            self._done(link, loaded)
+            self._send_error(link, request, batch_error(exc, loaded, self._serving.metrics))
+            return
+        key = (link, request)
+        self._tasks[key] = future
+        future.add_done_callback(lambda future: self._answer_now(link, header, loaded, future))
+
+    def _answer_now(
+        self, link: Link, header: dict[str, Any], loaded: LoadedVersion, future: asyncio.Future[np.ndarray]
+    ) -> None:
+        request = header["id"]
+        self._tasks.pop((link, request), None)
+        self._done(link, loaded)
+        if future.cancelled():
+            return  # the client hung up (or this process stops): nobody waits for the answer
+        exc = future.exception()
+        if exc is not None:
+            self._send_error(link, request, batch_error(exc, loaded, self._serving.metrics))
+            return
+        probabilities = loaded.probabilities(future.result())
+        self._serving.metrics.images.labels(loaded.name).inc(len(probabilities))
+        answer: dict[str, Any] = {"id": request, "status": "ok", "version": loaded.version}
+        answer["shape"] = list(probabilities.shape)
+        if loaded.version != header["assumed"]:
+            answer["info"] = self._info(loaded.info)
+        link.send(answer, np.ascontiguousarray(probabilities, dtype=np.float32))
+
+    def _done(self, link: Link, loaded: LoadedVersion) -> None:
+        loaded.release()
+        self._answered(link)
+
+    def _send_error(self, link: Link, request: int, exc: BaseException) -> None:
+        if not isinstance(exc, (ApiError, RegistryError)):
+            log.error("inference request failed", exc_info=exc)
+        link.send({"id": request, "status": "error", **error_fields(exc)})
+
+    async def _infer(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+        """A request `lease_now` could not serve (a pinned version or another alias, or nothing
+        loaded yet): the version is found (and loaded) first, then the request goes on as the others."""
+        try:
+            loaded = await self._manager.acquire(header["model"], version=header["version"], alias=header["alias"])
+        except asyncio.CancelledError:
+            self._answered(link)  # the client hung up (or this process stops): nobody waits for the answer
+            return
+        except Exception as exc:
             self._answered(link)
+            self._send_error(link, header["id"], exc)
+            return
+        self._infer_now(link, header, payload, loaded)
 
     async def _control(self, link: Link, header: dict[str, Any]) -> None:
         request = header["id"]

@@ -254,16 +254,33 @@ class ModelManager:
         self, name: str, *, version: int | None = None, alias: str | None = None
     ) -> AsyncIterator[LoadedVersion]:
         """The version to serve a request with, kept open until the request is done."""
-        for _ in range(3):
-            loaded = await self._resolve(name, version, alias)
-            if loaded.acquire():
-                break
-        else:  # pragma: no cover - needs three evictions in a row
-            raise UnavailableError(f"{name} is changing versions, retry", headers={"Retry-After": "1"})
+        loaded = await self.acquire(name, version=version, alias=alias)
         try:
             yield loaded
         finally:
             loaded.release()
+
+    async def acquire(self, name: str, *, version: int | None = None, alias: str | None = None) -> LoadedVersion:
+        """`lease` for callers that release the version themselves (`LoadedVersion.release`)."""
+        for _ in range(3):
+            loaded = await self._resolve(name, version, alias)
+            if loaded.acquire():
+                return loaded
+        raise UnavailableError(  # pragma: no cover - needs three evictions in a row
+            f"{name} is changing versions, retry", headers={"Retry-After": "1"}
+        )
+
+    def lease_now(self, name: str, version: int | None, alias: str | None) -> LoadedVersion | None:
+        """`lease` without waiting, for the common case: the version serving the alias, acquired
+        (the caller releases it). None when the request needs `lease`: another alias or version,
+        or nothing loaded yet."""
+        if alias is not None and alias != self.settings.alias:
+            return None
+        state = self.states.get(name)
+        loaded = state.current if state is not None else None
+        if loaded is None or (version is not None and version != loaded.version) or not loaded.acquire():
+            return None
+        return loaded
 
     async def _resolve(self, name: str, version: int | None, alias: str | None) -> LoadedVersion:
         if version is None and (alias is None or alias == self.settings.alias):

@@ -190,23 +190,29 @@ class AsyncRegistry:
         return info
 
 
-async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics, source: int = 0) -> np.ndarray:
-    """``images`` through ``loaded``'s batcher, its failures as the API's errors. ``source``: the
-    front-end process they come from."""
+async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
+    """``images`` through ``loaded``'s batcher, its failures as the API's errors."""
     try:
-        probabilities = await loaded.predict(images, source)
-    except QueueFullError:
-        metrics.rejected.labels(loaded.name).inc()
-        raise UnavailableError(
-            f"server overloaded: the queue for {loaded.name} v{loaded.version} is full, retry shortly",
-            headers={"Retry-After": "1"},
-        ) from None
-    except BatcherClosedError:
-        raise UnavailableError("model version is shutting down, retry", headers={"Retry-After": "1"}) from None
-    except InferenceError as exc:
-        raise ApiError(f"inference failed on {loaded.name} v{loaded.version}: {exc}") from None
+        probabilities = await loaded.predict(images)
+    except (QueueFullError, BatcherClosedError, InferenceError) as exc:
+        raise batch_error(exc, loaded, metrics) from None
     metrics.images.labels(loaded.name).inc(len(images))
     return probabilities
+
+
+def batch_error(exc: BaseException, loaded: LoadedVersion, metrics: Metrics) -> BaseException:
+    """A batcher's failure as the API's error (other exceptions as they are)."""
+    if isinstance(exc, QueueFullError):
+        metrics.rejected.labels(loaded.name).inc()
+        return UnavailableError(
+            f"server overloaded: the queue for {loaded.name} v{loaded.version} is full, retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, BatcherClosedError):
+        return UnavailableError("model version is shutting down, retry", headers={"Retry-After": "1"})
+    if isinstance(exc, InferenceError):
+        return ApiError(f"inference failed on {loaded.name} v{loaded.version}: {exc}")
+    return exc
 
 
 class LocalServing:

@@ -56,7 +56,10 @@ class LoadedVersion:
         return providers[0] if providers else "unknown"
 
     async def predict(self, images: np.ndarray, source: int = 0) -> np.ndarray:
-        raw = await self.batcher.submit(images, source)
+        return self.probabilities(await self.batcher.submit(images, source))
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """The model's raw outputs for some rows as probabilities."""
         return to_probabilities(raw, self.info.contract.output.kind)
 
     def acquire(self) -> bool:
