@@ -57,7 +57,17 @@ def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-MEDIAN_OF_ROUNDS = ("throughput_rps", "images_per_s", "p50_ms", "p90_ms", "p99_ms", "ok_p99_ms", "server_cpu_cores")
+MEDIAN_OF_ROUNDS = (
+    "throughput_rps",
+    "images_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "ok_p99_ms",
+    "server_cpu_cores",
+    "inference_loop_cpu_us_per_request",
+    "frontend_cpu_max_over_mean",
+)
 
 
 def _find(results: dict[str, Any], name: str, target: str, concurrency: int | None = None) -> dict[str, Any]:
@@ -74,7 +84,8 @@ def _find(results: dict[str, Any], name: str, target: str, concurrency: int | No
         return found[0]
     merged = dict(found[0])
     for key in MEDIAN_OF_ROUNDS:
-        merged[key] = float(np.median([s[key] for s in found]))
+        if all(key in s for s in found):  # the per-role CPU figures exist only with several workers
+            merged[key] = float(np.median([s[key] for s in found]))
     merged["rounds"] = len(found)
     return merged
 
@@ -291,15 +302,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| scenario | target | c | req/s | images/s | p50 ms | p90 ms | p99 ms | errors | non-200 | mean batch "
-        "| server CPU (cores) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU (cores) | inference loop CPU per request (µs) | busiest front end's CPU / mean |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in results["scenarios"]:
         batch = f"{s['mean_batch_size']:.1f}" if s["mean_batch_size"] else "-"
+        loop = s.get("inference_loop_cpu_us_per_request")
+        per_request = f"{loop:.0f}" if loop is not None else "-"
+        spread = f"{s['frontend_cpu_max_over_mean']:.2f}" if "frontend_cpu_max_over_mean" in s else "-"
         lines.append(
             f"| {s['name']} | {s['target']} | {s['concurrency']} | {s['throughput_rps']:.0f} | "
             f"{s['images_per_s']:.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | "
-            f"{s['non_200']} | {batch} | {s['server_cpu_cores']:.2f} |"
+            f"{s['non_200']} | {batch} | {s['server_cpu_cores']:.2f} | {per_request} | {spread} |"
         )
     lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | :---: |"]
     for t in results["targets"]:

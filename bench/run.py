@@ -111,12 +111,32 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """CPU time of the whole process tree (live processes: one that died takes its time along)."""
-        total = 0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds of each live process of the tree."""
+        seconds = {}
         for pid in self.pids():
             with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+                seconds[pid] = _cpu_seconds(Path(f"/proc/{pid}/stat"))
+        return seconds
+
+    def main_thread_cpu(self, pid: int) -> float:
+        """CPU seconds of ``pid``'s main thread: an asyncio process's event loop, without its pools."""
+        try:
+            return _cpu_seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+        except OSError:
+            return 0.0
+
+    def roles(self) -> dict[int, str]:
+        """A multi-worker server's processes by role: "inference", "frontend" (others left out)."""
+        found = {}
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"app.host" in argv:
+                    found[pid] = argv[argv.index(b"app.host") + 1].decode()
+        return found
 
     def rss_mb(self) -> float:
         """Resident memory of the whole process tree."""
@@ -127,6 +147,11 @@ class Proc:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) / 1024
         return total
+
+
+def _cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -313,9 +338,15 @@ def measure(
     kwargs = {"content_type": content_type, "headers": headers or {}, "method": method}
     run_load(url, body_file, requests=min(requests, max(concurrency, 50)), concurrency=concurrency, **kwargs)  # warm
     batches_before = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
-    cpu_before = proc.cpu_seconds()
+    roles = proc.roles()
+    inference = [pid for pid, role in roles.items() if role == "inference"]
+    cpu_before = proc.cpu_by_process()
+    loop_before = sum(proc.main_thread_cpu(pid) for pid in inference)
     result: LoadResult = run_load(url, body_file, requests=requests, concurrency=concurrency, seconds=seconds, **kwargs)
-    cpu = proc.cpu_seconds() - cpu_before
+    loop_cpu = sum(proc.main_thread_cpu(pid) for pid in inference) - loop_before
+    cpu_after = proc.cpu_by_process()
+    spent = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
+    cpu = sum(spent.values())
     batches_after = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
     lat = np.array(result.latencies_s or [float("nan")]) * 1000
     ok = np.array(result.ok_latencies_s or [float("nan")]) * 1000
@@ -343,15 +374,37 @@ def measure(
         "non_200": completed - result.statuses.get(200, 0),
         "mean_batch_size": rows / n_batches if n_batches else None,
         "server_cpu_cores": cpu / result.wall_s,
+        **_cpu_by_role(spent, roles, loop_cpu, completed),
     }
     print(
         f"  {name:<28} {target:<8} c={concurrency:<4} {entry['throughput_rps']:8.1f} req/s "
         f"{entry['images_per_s']:8.1f} img/s  p50 {entry['p50_ms']:7.1f} ms  p99 {entry['p99_ms']:7.1f} ms  "
         f"errors {entry['errors']}  non-200 {entry['non_200']}"
-        + (f"  batch {entry['mean_batch_size']:.1f}" if entry["mean_batch_size"] else ""),
+        + (f"  batch {entry['mean_batch_size']:.1f}" if entry["mean_batch_size"] else "")
+        + (
+            f"  inference loop {entry['inference_loop_cpu_us_per_request']:.0f} µs/req, front ends max/mean "
+            f"{entry['frontend_cpu_max_over_mean']:.2f}"
+            if "inference_loop_cpu_us_per_request" in entry
+            else ""
+        ),
         flush=True,
     )
     return entry
+
+
+def _cpu_by_role(spent: dict[int, float], roles: dict[int, str], loop_cpu: float, requests: int) -> dict[str, float]:
+    """With several workers: CPU per request of the inference process's event loop (its main thread,
+    ONNX Runtime's threads left out), the host's serial point: it handles every request, so 1 s over
+    this figure is what the host can serve at most; and how evenly the front ends shared the work
+    (the busiest front end's CPU over the mean; 1.0 is even)."""
+    front_ends = [spent[pid] for pid, role in roles.items() if role == "frontend" and pid in spent]
+    if "inference" not in roles.values() or not front_ends or not requests:
+        return {}
+    mean = sum(front_ends) / len(front_ends)
+    return {
+        "inference_loop_cpu_us_per_request": loop_cpu / requests * 1e6,
+        "frontend_cpu_max_over_mean": max(front_ends) / mean if mean else 1.0,
+    }
 
 
 def providers_for(name: str) -> list[str]:
