@@ -245,9 +245,8 @@ class Batcher:
         done: asyncio.Future[None] = loop.create_future()
         self._running.add(done)
         started = self._clock()
-        inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
         try:
-            work = self._executor.submit(self._timed_run, inputs)
+            work = self._executor.submit(self._timed_run, [item.rows for item in batch])
         except RuntimeError as exc:  # the executor is shut down
             failed: Future[_Run] = Future()
             failed.set_exception(exc)
@@ -255,10 +254,11 @@ class Batcher:
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
 
-    def _timed_run(self, inputs: np.ndarray) -> _Run:
-        """In the executor's thread: the batch, and when it really ran (it may have waited for the thread)."""
+    def _timed_run(self, parts: list[np.ndarray]) -> _Run:
+        """In the executor's thread: the batch, and when it really ran (it may have waited for the thread).
+        The rows are joined here, not on the event loop: a copy of the whole batch."""
         began = self._clock()
-        outputs = self._run_batch(inputs)
+        outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
         return _Run(outputs, began, self._clock())
 
     def _finish(self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[_Run]) -> None:

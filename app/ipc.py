@@ -62,49 +62,93 @@ MAX_REDECODES = 3
 
 RECONNECT_EVERY_S = 0.1
 LENGTHS = struct.Struct("<IQ")  # a message: header bytes, payload bytes, then the two
+STAGING_BYTES = 1 << 18  # read at once from the socket, for headers and small payloads
+LARGE_PAYLOAD_BYTES = 1 << 15  # payloads from this size are read in place, not through the staging buffer
 
 
 def socket_path(run_dir: Path) -> str:
     return str(run_dir / "inference.sock")
 
 
-class Link(asyncio.Protocol):
-    """One connection's messages: a JSON header and an optional raw payload, length-prefixed."""
+class Link(asyncio.BufferedProtocol):
+    """One connection's messages: a JSON header and an optional raw payload, length-prefixed.
+
+    The socket is read into a staging buffer, from which headers are parsed and small payloads
+    copied out; a large payload (an image batch) is read by the kernel straight into an array of
+    its own, so the inference process's event loop copies no image bytes."""
 
     def __init__(
         self,
-        on_message: Callable[[Link, dict[str, Any], bytes | None], None],
+        on_message: Callable[[Link, dict[str, Any], bytearray | None], None],
         on_lost: Callable[[Link], None],
     ) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
-        self._buffer = bytearray()
+        self._staging = bytearray(STAGING_BYTES)
+        self._start = self._end = 0  # the bytes read and not parsed yet: self._staging[self._start:self._end]
+        self._payload: bytearray | None = None  # a large payload being read in place, with its header
+        self._filled = 0
+        self._header: dict[str, Any] = {}
         self.transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.WriteTransport, transport)  # uvloop's is not an asyncio.Transport
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= LENGTHS.size:
-            header_size, payload_size = LENGTHS.unpack_from(buffer, start)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._payload is not None:
+            return memoryview(self._payload)[self._filled :]
+        return memoryview(self._staging)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._payload is None:
+            self._end += nbytes
+            self._parse()
+            return
+        self._filled += nbytes
+        if self._filled == len(self._payload):
+            payload, self._payload = self._payload, None
+            self._deliver(self._header, payload)
+
+    def _parse(self) -> None:
+        staging = self._staging
+        start, end = self._start, self._end
+        needed = 0  # bytes the message at ``start`` needs in the staging buffer, when incomplete
+        while end - start >= LENGTHS.size:
+            header_size, payload_size = LENGTHS.unpack_from(staging, start)
             body = start + LENGTHS.size
-            end = body + header_size + payload_size
-            if len(buffer) < end:
+            staged = header_size + (payload_size if payload_size < LARGE_PAYLOAD_BYTES else 0)
+            if end - body < staged:
+                needed = LENGTHS.size + staged
                 break
-            view = memoryview(buffer)
-            header = json.loads(bytes(view[body : body + header_size]))
-            payload = bytes(view[body + header_size : end]) if payload_size else None  # the one copy
-            view.release()
-            start = end
-            try:
-                self._on_message(self, header, payload)
-            except Exception:
-                log.exception("malformed message on the inference link")
-        if start:
-            del buffer[:start]
+            header = json.loads(staging[body : body + header_size])
+            body += header_size
+            if payload_size < LARGE_PAYLOAD_BYTES:
+                start = body + payload_size
+                self._deliver(header, staging[body:start] if payload_size else None)  # a copy: the buffer is reused
+                continue
+            have = min(end - body, payload_size)
+            payload = bytearray(payload_size)
+            payload[:have] = memoryview(staging)[body : body + have]
+            start = body + have
+            if have == payload_size:
+                self._deliver(header, payload)
+                continue
+            self._payload, self._filled, self._header = payload, have, header  # the rest goes straight into it
+            break
+        # Keep what is left at the front, with room for the rest of its message.
+        left = end - start
+        if needed > len(staging):
+            self._staging = bytearray(max(needed, 2 * len(staging)))
+            self._staging[:left] = memoryview(staging)[start:end]
+        elif start:
+            staging[:left] = staging[start:end]
+        self._start, self._end = 0, left
+
+    def _deliver(self, header: dict[str, Any], payload: bytearray | None) -> None:
+        try:
+            self._on_message(self, header, payload)
+        except Exception:
+            log.exception("malformed message on the inference link")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -306,7 +350,7 @@ class InferenceEndpoint:
             if owner is link:
                 task.cancel()
 
-    def _dispatch(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+    def _dispatch(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         self._links.add(link)
         op = header["op"]
         if op == "infer":
@@ -340,7 +384,7 @@ class InferenceEndpoint:
         self._tasks[key] = task
         task.add_done_callback(lambda _: self._tasks.pop(key) if self._tasks.get(key) is task else None)
 
-    def _infer_now(self, link: Link, header: dict[str, Any], payload: bytes | None, loaded: LoadedVersion) -> None:
+    def _infer_now(self, link: Link, header: dict[str, Any], payload: bytearray | None, loaded: LoadedVersion) -> None:
         """Run a request on ``loaded`` (acquired; released here): its rows go to the batcher and the
         answer leaves from the batch's callback, with no task per request. The requests to the served
         version come here straight from the socket; this event loop serves every front end, so what
@@ -394,7 +438,7 @@ class InferenceEndpoint:
             log.error("inference request failed", exc_info=exc)
         link.send({"id": request, "status": "error", **error_fields(exc)})
 
-    async def _infer(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+    async def _infer(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         """A request `lease_now` could not serve (a pinned version or another alias, or nothing
         loaded yet): the version is found (and loaded) first, then the request goes on as the others."""
         try:
@@ -445,7 +489,7 @@ class RemoteServing:
         self._timeout_s = timeout_s
         self._alias = alias
         self._link: Link | None = None
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes | None]]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytearray | None]]] = {}
         self._next_id = 0
         self._infos: dict[tuple[str, int], VersionInfo] = {}
         self._sigs: dict[tuple[str, int], str] = {}
@@ -534,7 +578,7 @@ class RemoteServing:
             return replace(view, inference_error=self._down)
         return view
 
-    def _on_message(self, link: Link, header: dict[str, Any], payload: bytes | None) -> None:
+    def _on_message(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         if header.get("op") == "view":
             self._view = view_from_json(header["view"], self._infos)
             self._heard = time.monotonic()
@@ -576,12 +620,12 @@ class RemoteServing:
         payload: np.ndarray | None = None,
         *,
         scope: MutableMapping[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], bytes | None]:
+    ) -> tuple[dict[str, Any], bytearray | None]:
         if self._down is not None:
             raise UnavailableError(self._down, headers={"Retry-After": "1"})
         self._next_id += 1
         request = header["id"] = self._next_id
-        future: asyncio.Future[tuple[dict[str, Any], bytes | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[dict[str, Any], bytearray | None]] = asyncio.get_running_loop().create_future()
         if not self._send(header, payload):
             raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
         self._pending[request] = future

@@ -1,0 +1,88 @@
+"""`app.ipc.Link`, the framing between front ends and the inference process.
+
+The multi-worker tests (`test_workers.py`) run it end to end; here the framing's edges: messages
+cut anywhere, several in one read, headers larger than the staging buffer, and payloads read in
+place (the last test over a real unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app import ipc
+from app.ipc import LENGTHS, Link
+
+
+def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    data = ipc._dump(header)
+    return LENGTHS.pack(len(data), len(payload)) + data + payload
+
+
+def receive(stream: bytes, cuts: list[int]) -> list[tuple[dict[str, Any], bytes | None]]:
+    """What a Link delivers when ``stream`` arrives in pieces cut at ``cuts``: each piece read the
+    way a transport reads, into the buffer the link offers, at most as much as it offers."""
+    got: list[tuple[dict[str, Any], bytes | None]] = []
+    link = Link(lambda _, header, payload: got.append((header, None if payload is None else bytes(payload))), print)
+    pos = 0
+    for end in [*cuts, len(stream)]:
+        while pos < end:
+            buffer = link.get_buffer(-1)
+            n = min(len(buffer), end - pos)
+            assert n > 0, "the link offered no room to read into"
+            buffer[:n] = stream[pos : pos + n]
+            link.buffer_updated(n)
+            pos += n
+    return got
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_messages_cut_anywhere_arrive_whole_and_in_order(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [0, 1, 100, ipc.LARGE_PAYLOAD_BYTES - 1, ipc.LARGE_PAYLOAD_BYTES, 300_000, 5]
+    messages = [({"id": i, "op": "infer"}, rng.randbytes(size)) for i, size in enumerate(sizes * 3)]
+    rng.shuffle(messages)
+    stream = b"".join(frame(header, payload) for header, payload in messages)
+    cuts = sorted(rng.sample(range(1, len(stream)), 200))
+    got = receive(stream, cuts)
+    assert [header for header, _ in got] == [header for header, _ in messages]
+    assert [payload or b"" for _, payload in got] == [payload for _, payload in messages]
+    assert all(payload is None for (_, payload), (_, sent) in zip(got, messages, strict=True) if not sent)
+
+
+def test_one_byte_at_a_time() -> None:
+    messages = [({"id": 1}, b"abc"), ({"id": 2}, b""), ({"id": 3}, bytes(range(256)) * 200)]
+    stream = b"".join(frame(header, payload) for header, payload in messages)
+    got = receive(stream, list(range(1, 200)) + list(range(len(stream) - 50, len(stream))))
+    assert got == [({"id": 1}, b"abc"), ({"id": 2}, None), ({"id": 3}, bytes(range(256)) * 200)]
+
+
+def test_a_header_larger_than_the_staging_buffer() -> None:
+    """The host view grows with the loaded versions; the staging buffer grows with it."""
+    big = {"op": "view", "infos": ["x" * 1000] * (2 * ipc.STAGING_BYTES // 1000)}
+    stream = frame(big) + frame({"id": 2}, b"after")
+    got = receive(stream, [7, ipc.STAGING_BYTES // 2, ipc.STAGING_BYTES + 3])
+    assert got == [(big, None), ({"id": 2}, b"after")]
+
+
+async def test_an_image_batch_arrives_as_a_writable_array_of_its_own() -> None:
+    images = np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8)
+    payloads: list[bytearray | None] = []
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    done = asyncio.Event()
+    link = Link(lambda _, header, payload: payloads.append(payload), lambda _: done.set())
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: link, right)
+    with left:
+        left.setblocking(False)
+        await loop.sock_sendall(left, frame({"shape": list(images.shape)}, images.tobytes()) * 2)
+    await asyncio.wait_for(done.wait(), 10)
+    first, second = payloads
+    assert first is not None and second is not None and first is not second
+    received = np.frombuffer(first, dtype=np.uint8).reshape(images.shape)
+    np.testing.assert_array_equal(received, images)
+    assert received.flags.writeable  # its own memory, not a view of a buffer the link reuses
