@@ -660,7 +660,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
             if args.previous:
                 checkout = stack.enter_context(previous_checkout(args.previous, work))
-                runs.append((f"previous {args.previous}", server(pin=None), checkout))
+                if "--workers" in (checkout / "app" / "__main__.py").read_text():
+                    # "previous REV" is the single process the 1-worker target compares with; the
+                    # widest count runs too, beside this revision's.
+                    widest = worker_counts(cores)[-1]
+                    runs.append((f"previous {args.previous}", server(1), checkout))
+                    if widest > 1:
+                        runs.append((f"previous {args.previous} w{widest}", server(widest), checkout))
+                else:  # a revision from before the workers: one process
+                    runs.append((f"previous {args.previous}", server(pin=None), checkout))
             for round_, (target, command, cwd) in ((r, run) for r in range(args.rounds) for run in runs):
                 print(f"S7 scaling: {target}, round {round_ + 1} of {args.rounds} ...", flush=True)
                 with start(command, env, "/readyz", work / f"scaling-{target.replace(' ', '-')}.log", cwd=cwd) as proc:
