@@ -1,7 +1,7 @@
 """One host, all of it: `python -m app --workers N` runs a supervisor, N front ends and one inference process.
 
-    supervisor (this module's `Supervisor`)       binds the listening socket, starts and restarts the others
-    ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the socket
+    supervisor (this module's `Supervisor`)       binds the listening sockets, starts and restarts the others
+    ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the port
     └── inference      (`python -m app.host inference`)  the model manager and the batchers, for every front end
 
 Each front end accepts on a listening socket of its own, all bound to the one port with
