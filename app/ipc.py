@@ -422,7 +422,6 @@ class InferenceEndpoint:
             self._send_error(link, request, batch_error(exc, loaded, self._serving.metrics))
             return
         probabilities = loaded.probabilities(future.result())
-        self._serving.metrics.images.labels(loaded.name).inc(len(probabilities))
         answer: dict[str, Any] = {"id": request, "status": "ok", "version": loaded.version}
         answer["shape"] = list(probabilities.shape)
         if loaded.version != header["assumed"]:

@@ -102,6 +102,7 @@ class Metrics:
         batch_size = self.batch_size.labels(model)
         sources = self.batch_sources.labels(model)
         failures = self.batch_failures.labels(model)
+        images = self.images.labels(model)
 
         def observe(stats: BatchStats) -> None:
             for wait in stats.queue_waits:
@@ -111,6 +112,8 @@ class Metrics:
             sources.observe(stats.sources)
             if stats.failed:
                 failures.inc()
+            else:  # once a batch, not once an answer: the inference loop's per-request work is the host's limit
+                images.inc(stats.rows)
 
         return observe
 

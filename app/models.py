@@ -262,6 +262,9 @@ class ModelManager:
 
     async def acquire(self, name: str, *, version: int | None = None, alias: str | None = None) -> LoadedVersion:
         """`lease` for callers that release the version themselves (`LoadedVersion.release`)."""
+        loaded = self.lease_now(name, version, alias)
+        if loaded is not None:
+            return loaded
         for _ in range(3):
             loaded = await self._resolve(name, version, alias)
             if loaded.acquire():
@@ -271,8 +274,8 @@ class ModelManager:
         )
 
     def lease_now(self, name: str, version: int | None, alias: str | None) -> LoadedVersion | None:
-        """`lease` without waiting, for the common case: the version serving the alias, acquired
-        (the caller releases it). None when the request needs `lease`: another alias or version,
+        """`acquire` without waiting, for the common case: the version serving the alias, acquired
+        (the caller releases it). None when the request needs `acquire`: another alias or version,
         or nothing loaded yet."""
         if alias is not None and alias != self.settings.alias:
             return None

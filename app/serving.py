@@ -193,11 +193,9 @@ class AsyncRegistry:
 async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
     """``images`` through ``loaded``'s batcher, its failures as the API's errors."""
     try:
-        probabilities = await loaded.predict(images)
+        return await loaded.predict(images)
     except (QueueFullError, BatcherClosedError, InferenceError) as exc:
         raise batch_error(exc, loaded, metrics) from None
-    metrics.images.labels(loaded.name).inc(len(images))
-    return probabilities
 
 
 def batch_error(exc: BaseException, loaded: LoadedVersion, metrics: Metrics) -> BaseException:
