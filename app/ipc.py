@@ -3,8 +3,9 @@
 Each front end holds one connection to the inference process's socket in the supervisor's run
 directory. A message is a length-prefixed JSON header and at most one raw payload: the images go
 as the bytes of their uint8 array, the probabilities come back as float32 bytes, never pickled
-(docs/decisions/0006). Replies carry the request's id, so each reaches its request; a connection
-is one front end, so each reaches its process.
+(docs/decisions/0006). Headers are JSON through orjson; what one turn of the event loop sends on
+a connection leaves in one write. Replies carry the request's id, so each reaches its request; a
+connection is one front end, so each reaches its process.
 
     infer    header {model, version, alias, assumed, sig, shape, inflight, deadline} + images
              -> ok {version, shape[, info]} + probabilities | redecode {info} | error {code, message}
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import orjson
 
 from app.disconnect import CancelOnHangup
 from app.errors import REGISTRY_STATUS, ApiError, UnavailableError
@@ -75,7 +77,10 @@ class Link(asyncio.BufferedProtocol):
 
     The socket is read into a staging buffer, from which headers are parsed and small payloads
     copied out; a large payload (an image batch) is read by the kernel straight into an array of
-    its own, so the inference process's event loop copies no image bytes."""
+    its own, so the inference process's event loop copies no image bytes.
+
+    Messages sent are held until the event loop's current turn ends and then leave in one write:
+    the answers to a whole batch cost one system call per front end, not one each."""
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class Link(asyncio.BufferedProtocol):
         self._payload: bytearray | None = None  # a large payload being read in place, with its header
         self._filled = 0
         self._header: dict[str, Any] = {}
+        self._out: list[bytes | memoryview] = []  # sent this turn of the event loop, not written yet
         self.transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,7 +126,7 @@ class Link(asyncio.BufferedProtocol):
             if end - body < staged:
                 needed = LENGTHS.size + staged
                 break
-            header = json.loads(staging[body : body + header_size])
+            header = orjson.loads(memoryview(staging)[body : body + header_size])
             body += header_size
             if payload_size < LARGE_PAYLOAD_BYTES:
                 start = body + payload_size
@@ -155,16 +161,33 @@ class Link(asyncio.BufferedProtocol):
         self._on_lost(self)
 
     def send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> bool:
-        """Queue a message; False when the connection is gone."""
+        """Queue a message, written when this turn of the event loop ends; False when the connection
+        is gone. ``payload`` must not change until then (callers send arrays they no longer touch)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        data = _dump(header)
+        data = orjson.dumps(header)
+        out = self._out
+        if not out:
+            asyncio.get_running_loop().call_soon(self.flush)
         if payload is None:
-            transport.write(LENGTHS.pack(len(data), 0) + data)
+            out.append(LENGTHS.pack(len(data), 0) + data)
         else:
-            transport.writelines([LENGTHS.pack(len(data), payload.nbytes), data, payload.data.cast("B")])
+            out += (LENGTHS.pack(len(data), payload.nbytes), data, payload.data.cast("B"))
         return True
+
+    def flush(self) -> None:
+        """Write what was sent and not written yet."""
+        out, self._out = self._out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines(out)
+
+    def close(self) -> None:
+        """Write what was sent, then close the connection."""
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def signature(contract: ModelContract) -> str:
@@ -179,10 +202,6 @@ def signature(contract: ModelContract) -> str:
         ]
     )
     return hashlib.sha256(described.encode()).hexdigest()[:16]
-
-
-def _dump(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":")).encode()
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
@@ -307,8 +326,7 @@ class InferenceEndpoint:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for link in list(self._links):
-            if link.transport is not None:
-                link.transport.close()
+            link.close()
 
     def inflight(self) -> int:
         """Inference requests admitted by every front end, as they last said."""
@@ -521,8 +539,8 @@ class RemoteServing:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._fail_pending("the server is shutting down")
         link, self._link = self._link, None  # closing it ourselves is no loss to report
-        if link is not None and link.transport is not None:
-            link.transport.close()
+        if link is not None:
+            link.close()
 
     # -- the connection and health --------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """`app.ipc.Link`, the framing between front ends and the inference process.
 
 The multi-worker tests (`test_workers.py`) run it end to end; here the framing's edges: messages
-cut anywhere, several in one read, headers larger than the staging buffer, and payloads read in
-place (the last test over a real unix socket)."""
+cut anywhere, several in one read, headers larger than the staging buffer, payloads read in
+place, and what one turn of the event loop sends leaving in one write (over real unix sockets)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from app import ipc
@@ -19,7 +20,7 @@ from app.ipc import LENGTHS, Link
 
 
 def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    data = ipc._dump(header)
+    data = orjson.dumps(header)
     return LENGTHS.pack(len(data), len(payload)) + data + payload
 
 
@@ -86,3 +87,54 @@ async def test_an_image_batch_arrives_as_a_writable_array_of_its_own() -> None:
     received = np.frombuffer(first, dtype=np.uint8).reshape(images.shape)
     np.testing.assert_array_equal(received, images)
     assert received.flags.writeable  # its own memory, not a view of a buffer the link reuses
+
+
+class Recording(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def writelines(self, data: Any) -> None:
+        self.writes.append(b"".join(bytes(part) for part in data))
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_what_one_turn_sends_leaves_in_one_write_in_order() -> None:
+    """A batch's answers to one front end: one system call, not one each."""
+    link = Link(lambda *_: None, lambda _: None)
+    transport = Recording()
+    link.connection_made(transport)
+    answers = [np.full((1, 10), i, dtype=np.float32) for i in range(5)]
+    for i, answer in enumerate(answers):
+        assert link.send({"id": i, "status": "ok"}, answer)
+    link.send({"op": "view"})
+    assert transport.writes == []  # not before the turn ends
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
+    got = receive(transport.writes[0], [])
+    assert [header for header, _ in got] == [{"id": i, "status": "ok"} for i in range(5)] + [{"op": "view"}]
+    for (_, payload), answer in zip(got, answers, strict=False):
+        assert payload is not None
+        np.testing.assert_array_equal(np.frombuffer(payload, dtype=np.float32).reshape(1, 10), answer)
+
+
+async def test_closing_writes_what_was_sent_first() -> None:
+    link = Link(lambda *_: None, lambda _: None)
+    transport = Recording()
+    link.connection_made(transport)
+    link.send({"id": 1, "status": "error", "code": 503})
+    link.close()
+    assert transport.closed
+    assert receive(transport.writes[0], []) == [({"id": 1, "status": "error", "code": 503}, None)]
+    assert not link.send({"id": 2})  # a closed link takes nothing more
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1
