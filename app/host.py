@@ -63,17 +63,24 @@ class Child:
         return "inference" if self.role == "inference" else f"frontend-{self.slot}"
 
 
+FRONT_END_INLINE_PIXELS = 640 * 480  # a front end decodes a request this size on its loop
+
+
 def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """The thread settings the front ends and the inference process get, unless set explicitly.
 
     With one front end per CPU, every core already runs an event loop and its decoders, so each
-    front end gets 2 decoding threads (not 2 per core of the host). ONNX Runtime keeps one thread
-    per core in the one process that runs models: its idle threads sleep (no spinning, see
-    app.backend), and with fewer, model-heavy requests (S3, S4) lost half their throughput."""
+    front end gets 2 decoding threads (not 2 per core of the host), and decodes a request of up to
+    `FRONT_END_INLINE_PIXELS` on its event loop: with about one core to itself, handing the work to
+    a thread only adds two hand-offs (docs/performance.md). ONNX Runtime keeps one thread per core
+    in the one process that runs models: its idle threads sleep (no spinning, see app.backend), and
+    with fewer, model-heavy requests (S3, S4) lost half their throughput."""
     front_end: dict[str, str] = {}
     inference: dict[str, str] = {}
     if "SERVE_DECODE_THREADS" not in environ:
         front_end["SERVE_DECODE_THREADS"] = str(max(2, min(8, 2 * cpus // workers)))
+    if "SERVE_DECODE_INLINE_PIXELS" not in environ and workers >= cpus:
+        front_end["SERVE_DECODE_INLINE_PIXELS"] = str(FRONT_END_INLINE_PIXELS)
     return front_end, inference
 
 

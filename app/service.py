@@ -21,7 +21,7 @@ from app.errors import BadRequestError, PayloadTooLargeError, UnavailableError, 
 from app.limits import DecodeBudget
 from app.serving import Serving
 from app.settings import LimitSettings, Settings
-from core.imaging import ImageTooLargeError, decoded_pixels, open_image, to_array
+from core.imaging import ImageTooLargeError, decoded_pixels, open_image, source_pixels, to_array
 from registry import ModelContract, VersionInfo
 
 IMAGE_FIELDS = ("images", "image")
@@ -74,8 +74,10 @@ async def decode_all(
     budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode every image, [N, H, W, 3] uint8: in the thread pool (PIL releases the GIL while it
-    decodes), except a lone image of at most ``inline_pixels``, decoded right here: for a small image
-    the hand-off to a thread and back costs the event loop more than the decoding.
+    decodes), except a request whose images hold at most ``inline_pixels`` together (as stored,
+    before any JPEG scaling), decoded right here: when the work is small, or when this process is
+    one of a host's front ends and has about one core of its own, the hand-off to a thread and
+    back costs more than it gains.
 
     Headers are read first: an image that would decode to more than `max_decoded_pixels`, or a
     request whose images together pass `max_request_pixels`, is refused (413) before any pixel is
@@ -94,28 +96,25 @@ async def decode_all(
                 raise
             raise type(exc)(f"image {index}: {exc}") from None
 
-    if len(blobs) == 1:  # the common case: no gather, and small images skip the thread hand-off
+    if len(blobs) == 1:  # the common case: no gather
         img = open_one(None, blobs[0])  # the header only
-        pixels = decoded_pixels(img)
-        if pixels <= inline_pixels:
-            return to_array(img, size=size, resize_method=method)[np.newaxis]
-        with _decoding(budget, pixels, [img], limits):
+        with _decoding(budget, decoded_pixels(img), [img], limits):
+            if source_pixels(img) <= inline_pixels:
+                return to_array(img, size=size, resize_method=method)[np.newaxis]
             array = await loop.run_in_executor(
                 executor, functools.partial(to_array, img, size=size, resize_method=method)
             )
         return array[np.newaxis]
 
-    def open_all() -> list[Image.Image]:
-        opened: list[Image.Image] = []
-        try:
-            for index, data in enumerate(blobs):
-                opened.append(open_one(index, data))
-        except BaseException:
-            _close(opened)
-            raise
-        return opened
-
-    images = await loop.run_in_executor(executor, open_all)
+    # Headers only: tens of microseconds an image, and Python holding the GIL, so a thread would
+    # not take the work off this loop anyway.
+    images: list[Image.Image] = []
+    try:
+        for index, data in enumerate(blobs):
+            images.append(open_one(index, data))
+    except BaseException:
+        _close(images)
+        raise
 
     def decode_chunk(start: int, stop: int) -> list[np.ndarray]:
         arrays = []
@@ -128,6 +127,8 @@ async def decode_all(
         return arrays
 
     with _decoding(budget, sum(decoded_pixels(img) for img in images), images, limits):
+        if sum(source_pixels(img) for img in images) <= inline_pixels:
+            return np.stack(decode_chunk(0, len(images)))
         # A few chunks, not one job per image: enough to use every core, few thread hand-offs.
         step = -(-len(images) // DECODE_CHUNKS)
         chunks = await asyncio.gather(

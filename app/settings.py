@@ -120,13 +120,15 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default_factory=lambda: min(8, (os.cpu_count() or 2) * 2),
         ge=1,
-        description="image decoding threads; default: twice the cores, at most 8",
+        description="image decoding threads; default: twice the cores, at most 8 (each front end of a multi-worker "
+        "host: twice the CPUs over the workers, 2 to 8)",
     )
     decode_inline_pixels: int = Field(
         4096,
         ge=0,
-        description="a single image of at most this many pixels is decoded on the event loop: handing it to a "
-        "decoding thread costs the loop more than decoding it; 0: always in a thread",
+        description="a request whose images hold at most this many pixels together (as stored, before any JPEG "
+        "scaling) is decoded on the event loop, not in a thread: handing small work to a thread costs more than it "
+        "gains. Each front end of a host with a worker per CPU defaults to 307200 (640x480); 0: always in a thread",
     )
     warmup_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 8, 32], description="batch sizes run once through a version before it serves"

@@ -27,6 +27,7 @@ RESAMPLING = {
 }
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_SOURCE_PIXELS = "imgserve.source_pixels"  # kept in an opened image's info by `open_image`
 
 
 class ImageError(ValueError):
@@ -58,6 +59,13 @@ def decoded_pixels(img: Image.Image) -> int:
     """Pixels the decoder will produce for an image from `open_image` (after JPEG draft scaling)."""
     width, height = img.size
     return width * height
+
+
+def source_pixels(img: Image.Image) -> int:
+    """Pixels of an image from `open_image` as stored, before JPEG draft scaling: what decoding it
+    costs follows these (a JPEG's entropy decoding is not scaled down)."""
+    stored = img.info.get(_SOURCE_PIXELS)
+    return stored if isinstance(stored, int) else decoded_pixels(img)
 
 
 def open_image(
@@ -92,6 +100,7 @@ def open_image(
             raise ImageTooLargeError(f"image is {src_w}x{src_h} = {src_w * src_h} pixels, the limit is {max_pixels}")
         if src_w == 0 or src_h == 0:
             raise ImageError("image has no pixels")
+        img.info[_SOURCE_PIXELS] = src_w * src_h
         if size is not None and img.format in ("JPEG", "MPO"):
             side = max(size)  # EXIF rotation may swap the axes after decoding
             img.draft("RGB", (side, side))

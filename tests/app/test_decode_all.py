@@ -1,4 +1,4 @@
-"""Where the server decodes: a lone small image on the event loop, everything else in threads."""
+"""Where the server decodes: a request's images on the event loop when they are small together, else in threads."""
 
 from __future__ import annotations
 
@@ -49,10 +49,24 @@ async def test_a_lone_image_is_decoded_inline_only_when_small(pool: CountingPool
     assert np.array_equal(out[0], decode_image(data, size=SIZE))
 
 
-async def test_several_images_always_go_to_threads(pool: CountingPool) -> None:
-    out = await decode_all([solid("red"), solid("blue")], CONTRACT, LimitSettings(), pool, inline_pixels=10**9)
-    assert out.shape == (2, *SIZE, 3)
+async def test_several_images_are_decoded_inline_when_small_together(pool: CountingPool) -> None:
+    images = [noise_png((40, 40), seed) for seed in range(3)]  # 4,800 pixels together
+    out = await decode_all(images, CONTRACT, LimitSettings(), pool, inline_pixels=4800)
+    assert pool.jobs == 0
+    assert all(np.array_equal(out[i], decode_image(data, size=SIZE)) for i, data in enumerate(images))
+    out = await decode_all(images, CONTRACT, LimitSettings(), pool, inline_pixels=4799)
     assert pool.jobs >= 1
+    assert all(np.array_equal(out[i], decode_image(data, size=SIZE)) for i, data in enumerate(images))
+
+
+async def test_a_jpeg_counts_the_pixels_it_stores_not_those_it_is_scaled_to(pool: CountingPool) -> None:
+    """A 640x427 JPEG for a 16x16 model decodes at 1/8 scale to 80x54 pixels, but reading its data
+    is most of the work, and that is not scaled down."""
+    await decode_all([photo()], CONTRACT, LimitSettings(), pool, inline_pixels=10_000)
+    assert pool.jobs == 1
+    out = await decode_all([photo()], CONTRACT, LimitSettings(), pool, inline_pixels=640 * 480)
+    assert pool.jobs == 1  # inline: the threshold of a front end on a multi-worker host
+    assert np.array_equal(out[0], decode_image(photo(), size=SIZE))
 
 
 async def test_zero_means_always_in_a_thread(pool: CountingPool) -> None:

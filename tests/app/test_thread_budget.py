@@ -1,0 +1,23 @@
+"""The threads and decoding settings a multi-worker host gives its processes (`app.host.thread_budget`)."""
+
+from __future__ import annotations
+
+from app.host import FRONT_END_INLINE_PIXELS, thread_budget
+
+
+def test_front_ends_with_a_core_each_decode_requests_up_to_vga_size_on_their_loop() -> None:
+    front_end, inference = thread_budget(cpus=4, workers=4, environ={})
+    assert front_end == {"SERVE_DECODE_THREADS": "2", "SERVE_DECODE_INLINE_PIXELS": str(FRONT_END_INLINE_PIXELS)}
+    assert FRONT_END_INLINE_PIXELS == 640 * 480
+    assert inference == {}
+
+
+def test_front_ends_with_cores_to_spare_keep_decoding_in_threads() -> None:
+    front_end, _ = thread_budget(cpus=16, workers=2, environ={})
+    assert front_end == {"SERVE_DECODE_THREADS": "8"}
+
+
+def test_settings_given_by_the_operator_are_kept() -> None:
+    environ = {"SERVE_DECODE_THREADS": "3", "SERVE_DECODE_INLINE_PIXELS": "0"}
+    front_end, _ = thread_budget(cpus=4, workers=4, environ=environ)
+    assert front_end == {}
