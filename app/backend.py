@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from registry import ModelContract
 from registry.check import ContractMismatchError, check_graph
@@ -63,7 +62,13 @@ class GpuUnavailableError(RuntimeError):
     """A GPU was required but ONNX Runtime cannot use one."""
 
 
+# ONNX Runtime is imported where a session or its providers are needed, not with this module: the
+# front ends of a multi-worker host import it for the types only, and it costs each ~20 MB.
+
+
 def choose_providers(preference: str, *, require_gpu: bool) -> list[str]:
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
     if require_gpu and CUDA not in available:
         raise GpuUnavailableError(
@@ -85,6 +90,8 @@ def load_cuda_libraries() -> None:
     CUDA base image they are on the path already and this changes nothing. Failures are logged,
     not raised: the session then reports which provider it really got.
     """
+    import onnxruntime as ort
+
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:  # onnxruntime-gpu before 1.21
         return
@@ -114,6 +121,8 @@ class OrtBackend:
     ) -> None:
         """``pad_to``: run every batch padded up to a multiple of this many rows (see `run`). ``pad``
         says when: ``auto`` only when the session really runs on CUDA."""
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

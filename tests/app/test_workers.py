@@ -267,6 +267,25 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
         assert server.proc.poll() is None
 
 
+def loaded_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_only_the_inference_process_loads_onnx_runtime(tmp_path: Path) -> None:
+    """ONNX Runtime costs a process ~20 MB: on a 16-core host, 16 front ends would carry it for nothing."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2) as server:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(10):
+                assert (await post_red(client, server)).status_code == 200
+        (inference,) = children(server, "inference")
+        assert "onnxruntime" in loaded_libraries(inference)
+        front_ends = children(server, "frontend")
+        assert len(front_ends) == 2
+        for pid in [*front_ends, server.proc.pid]:
+            assert "onnxruntime" not in loaded_libraries(pid), f"process {pid} loaded ONNX Runtime"
+
+
 def test_a_second_host_on_the_same_port_is_refused_not_let_in_beside_the_first(tmp_path: Path) -> None:
     """The front ends share the port with SO_REUSEPORT; another server started on it by mistake must
     not quietly take half of the connections."""
