@@ -96,10 +96,13 @@ async def decode_all(
                 raise
             raise type(exc)(f"image {index}: {exc}") from None
 
+    # Decoding on this loop takes nothing from the budget: it cannot pile up (it is done before
+    # anything else runs here), and the budget would count every small request towards a heap trim.
     if len(blobs) == 1:  # the common case: no gather
         img = open_one(None, blobs[0])  # the header only
-        with _decoding(budget, decoded_pixels(img), [img], limits):
-            if source_pixels(img) <= inline_pixels:
+        inline = source_pixels(img) <= inline_pixels
+        with _decoding(None if inline else budget, decoded_pixels(img), [img], limits):
+            if inline:
                 return to_array(img, size=size, resize_method=method)[np.newaxis]
             array = await loop.run_in_executor(
                 executor, functools.partial(to_array, img, size=size, resize_method=method)
@@ -126,8 +129,9 @@ async def decode_all(
                 raise type(exc)(f"image {index}: {exc}") from None
         return arrays
 
-    with _decoding(budget, sum(decoded_pixels(img) for img in images), images, limits):
-        if sum(source_pixels(img) for img in images) <= inline_pixels:
+    inline = sum(source_pixels(img) for img in images) <= inline_pixels
+    with _decoding(None if inline else budget, sum(decoded_pixels(img) for img in images), images, limits):
+        if inline:
             return np.stack(decode_chunk(0, len(images)))
         # A few chunks, not one job per image: enough to use every core, few thread hand-offs.
         step = -(-len(images) // DECODE_CHUNKS)

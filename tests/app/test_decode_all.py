@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from app.errors import UnavailableError
+from app.limits import DecodeBudget
 from app.service import decode_all
 from app.settings import LimitSettings
 from core.imaging import ImageError, ImageTooLargeError, decode_image
@@ -85,4 +87,20 @@ async def test_broken_and_oversized_images_fail_the_same_way_inline(pool: Counti
         await decode_all(
             [solid("red", (40, 40))], CONTRACT, LimitSettings(max_image_pixels=1000), pool, inline_pixels=4096
         )
+    assert pool.jobs == 0
+
+
+async def test_decoding_inline_takes_nothing_from_the_budget_but_keeps_the_request_limit(pool: CountingPool) -> None:
+    """The server-wide budget bounds pixels waiting for decoding threads; what the loop decodes
+    itself cannot pile up. The per-request pixel limit holds wherever the decoding runs."""
+    spent = DecodeBudget(capacity=0)
+    small = noise_png((40, 40))
+    out = await decode_all([small], CONTRACT, LimitSettings(), pool, inline_pixels=4096, budget=spent)
+    assert out.shape == (1, *SIZE, 3) and pool.jobs == 0
+    with pytest.raises(UnavailableError, match="busy decoding"):
+        await decode_all([small], CONTRACT, LimitSettings(), pool, inline_pixels=0, budget=spent)
+    with pytest.raises(ImageTooLargeError, match="1600 pixels together"):
+        await decode_all([small], CONTRACT, LimitSettings(max_request_pixels=1000), pool, inline_pixels=4096)
+    with pytest.raises(ImageTooLargeError, match="3200 pixels together"):
+        await decode_all([small, small], CONTRACT, LimitSettings(max_request_pixels=3000), pool, inline_pixels=10**6)
     assert pool.jobs == 0
