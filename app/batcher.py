@@ -78,6 +78,7 @@ class Batcher:
         can_grow: Callable[[int], bool] | None = None,
         on_drop: Callable[[int], None] | None = None,
         max_concurrent_batches: int = 1,
+        inline_below_s: float = 0.0,
         name: str = "batcher",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -91,6 +92,12 @@ class Batcher:
         batch still waits for a free model.
 
         ``on_drop(rows)``: rows skipped because their caller stopped waiting (it hung up).
+
+        ``inline_below_s``: a batch of one row runs right on the event loop, not in the executor,
+        when no other batch runs, nothing else is queued or in flight (``can_grow`` says no, so it
+        is needed), and the last one-row batch took less than this. One request at a time then
+        skips two thread hand-offs; nobody waits meanwhile (a request that arrives would have
+        waited for the model anyway). 0: never.
 
         ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close.
 
@@ -108,6 +115,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self.max_queue_rows = max_queue_rows
+        self.inline_below_s = inline_below_s
+        self._lone_row_s: float | None = None  # how long one-row batches take, smoothed; None: not run yet
         self._executor = executor
         self._owns_executor = executor is None
         self._on_batch = on_batch
@@ -245,6 +254,14 @@ class Batcher:
         done: asyncio.Future[None] = loop.create_future()
         self._running.add(done)
         started = self._clock()
+        if self._runs_inline(batch):
+            ran: Future[_Run] = Future()
+            try:
+                ran.set_result(self._timed_run([item.rows for item in batch]))
+            except Exception as exc:
+                ran.set_exception(exc)
+            self._finish(batch, started, done, ran)
+            return
         try:
             work = self._executor.submit(self._timed_run, [item.rows for item in batch])
         except RuntimeError as exc:  # the executor is shut down
@@ -253,6 +270,14 @@ class Batcher:
             loop.call_soon(self._finish, batch, started, done, failed)
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
+
+    def _runs_inline(self, batch: list[_Pending]) -> bool:
+        """Whether ``batch`` (just taken, in `_running`) runs on the event loop: see ``inline_below_s``."""
+        if self._lone_row_s is None or self._lone_row_s >= self.inline_below_s:
+            return False
+        if len(batch) != 1 or len(batch[0].rows) != 1 or len(self._running) != 1 or self._queue:
+            return False
+        return self._can_grow is not None and not self._can_grow(1)
 
     def _timed_run(self, parts: list[np.ndarray]) -> _Run:
         """In the executor's thread: the batch, and when it really ran (it may have waited for the thread).
@@ -276,6 +301,10 @@ class Batcher:
             outputs, began, ended = run.outputs, run.began, run.ended
             if len(outputs) != total:
                 raise InferenceError(f"model returned {len(outputs)} rows for a batch of {total}")
+            if total == 1:  # smoothed, but one slow run is enough to stop running them on the loop
+                took = ended - began
+                lone = self._lone_row_s
+                self._lone_row_s = took if lone is None or took >= self.inline_below_s else 0.8 * lone + 0.2 * took
         except Exception as exc:
             failed = True
             log.error("%s: batch of %d rows failed: %s", self.name, total, exc)

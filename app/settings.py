@@ -35,6 +35,14 @@ class BatchingSettings(BaseModel):
         description="threads that run batches, shared by every loaded version; ONNX Runtime spreads one batch over "
         "all cores, so 1 runs them back to back instead of side by side",
     )
+    inline_below_ms: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="a lone one-row request, with nothing else in flight, runs on the event loop instead of the "
+        "inference thread when the last one-row batch took less than this: the hand-off there and back costs "
+        "more than the run; 0: always in the thread",
+    )
     pad: Literal["auto", "always", "never"] = Field(
         "auto",
         description="pad each batch to a multiple of max_batch_size rows; auto: only on CUDA, where every new "

@@ -123,6 +123,7 @@ class VersionLoader:
             can_grow=self._can_grow,
             on_drop=self._metrics.dropped.labels(name).inc,
             max_concurrent_batches=b.max_concurrent_batches,
+            inline_below_s=b.inline_below_ms / 1000,
             name=f"{name} v{version}",
         )
         batcher.start()

@@ -426,3 +426,67 @@ async def test_submit_before_start_is_a_clear_error() -> None:
     b = Batcher(lambda x: x)
     with pytest.raises(RuntimeError, match="start"):
         await b.submit(rows(1))
+
+
+class Threads(Recorder):
+    """A Recorder that also notes which thread ran each batch, and can be made slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.takes = 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        if self.takes:
+            time.sleep(self.takes)
+        return super().__call__(batch)
+
+
+async def test_a_lone_row_runs_on_the_event_loop_once_one_row_is_known_to_be_quick(executor) -> None:
+    """At one request at a time, the hand-off to the inference thread and back costs more than a
+    small model's run; the first lone row measures the run in the thread."""
+    rec = Threads()
+    in_flight = 1
+    b = await make(rec, executor, max_batch_delay_s=LONG, inline_below_s=0.5, can_grow=lambda q: in_flight > q)
+    loop_thread = threading.get_ident()
+    for i in range(3):
+        assert (await asyncio.wait_for(b.submit(rows(i)), 5)).tolist() == [[i * 10]]
+    assert rec.threads[0] != loop_thread
+    assert rec.threads[1:] == [loop_thread, loop_thread]
+    # A failure there fails its caller only, as in the thread.
+    rec.fail_next = True
+    with pytest.raises(InferenceError, match="boom"):
+        await asyncio.wait_for(b.submit(rows(7)), 5)
+    assert (await asyncio.wait_for(b.submit(rows(8)), 5)).tolist() == [[80]]
+    assert rec.threads[-1] == loop_thread
+    await b.close()
+
+
+async def test_rows_run_in_the_thread_when_others_are_in_flight_or_the_model_is_slow(executor) -> None:
+    rec = Threads()
+    in_flight = 1
+    b = await make(rec, executor, max_batch_delay_s=0.001, inline_below_s=0.05, can_grow=lambda q: in_flight > q)
+    loop_thread = threading.get_ident()
+    await asyncio.wait_for(b.submit(rows(1)), 5)  # measured in the thread
+    in_flight = 2  # another request is on its way (decoding, say): it may join, so no inline run
+    await asyncio.wait_for(b.submit(rows(2)), 5)
+    assert loop_thread not in rec.threads
+    in_flight = 1
+    rec.takes = 0.1  # slower than the threshold: once measured, it stays in the thread
+    await asyncio.wait_for(b.submit(rows(3)), 5)  # inline (the last run was quick), and measured slow
+    for _ in range(10):
+        await asyncio.wait_for(b.submit(rows(4)), 5)
+    assert rec.threads[2] == loop_thread
+    assert loop_thread not in rec.threads[3:]
+    await b.close()
+
+
+async def test_without_can_grow_or_threshold_nothing_runs_on_the_loop(executor) -> None:
+    for kw in ({"inline_below_s": 1.0}, {"inline_below_s": 0.0, "can_grow": lambda q: False}):
+        rec = Threads()
+        b = await make(rec, executor, max_batch_delay_s=0.001, **kw)
+        for i in range(3):
+            await asyncio.wait_for(b.submit(rows(i)), 5)
+        assert threading.get_ident() not in rec.threads
+        await b.close()
