@@ -416,8 +416,8 @@ class InferenceEndpoint:
             link.send({"id": request, "status": "redecode", "info": self._info(info)})
             self._done(link, loaded)
             return
-        images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
-        try:
+        try:  # whatever fails here, the lease is released: a version with a lease left can never retire
+            images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
             future = loaded.batcher.enqueue(images, header["slot"])
         except Exception as exc:
             self._done(link, loaded)

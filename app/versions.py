@@ -55,8 +55,8 @@ class LoadedVersion:
         providers = self.backend.providers
         return providers[0] if providers else "unknown"
 
-    async def predict(self, images: np.ndarray, source: int = 0) -> np.ndarray:
-        return self.probabilities(await self.batcher.submit(images, source))
+    async def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.probabilities(await self.batcher.submit(images))
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The model's raw outputs for some rows as probabilities."""
