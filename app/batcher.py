@@ -97,7 +97,9 @@ class Batcher:
         when no other batch runs, nothing else is queued or in flight (``can_grow`` says no, so it
         is needed), and the last one-row batch took less than this. One request at a time then
         skips two thread hand-offs; nobody waits meanwhile (a request that arrives would have
-        waited for the model anyway). 0: never.
+        waited for the model anyway). The row first waits for the callbacks already scheduled on
+        this turn of the loop: requests read in the same turn are often not counted in flight yet,
+        and would otherwise each run alone, one after another, on the loop. 0: never.
 
         ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close.
 
@@ -131,6 +133,8 @@ class Batcher:
         self._timer_for: _Pending | None = None  # the queue head the timer is set for
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Future[None]] = set()  # one per batch, done once its callers have answers
+        self._lone_wait: asyncio.Handle | None = None  # a lone row waiting out the turn before it runs inline
+        self._turn_waited = False  # in that wait's callback: a lone row may now run inline
 
     @property
     def queued_rows(self) -> int:
@@ -185,8 +189,8 @@ class Batcher:
         Called where something changes (a submit, a finished batch, the deadline timer), so a due
         batch starts right there, not on a later turn of the event loop."""
         self._dispatch()
-        if not self._queue or not self._may_start():
-            return  # nothing waits, or it waits for a running batch to finish
+        if not self._queue or not self._may_start() or self._lone_wait is not None:
+            return  # nothing waits, it waits for a running batch to finish, or it waits out the turn
         head = self._queue[0]
         if self._timer is not None:
             if self._timer_for is head:
@@ -222,9 +226,23 @@ class Batcher:
     def _dispatch(self) -> None:
         """Start every batch that is due and may start now."""
         while self._queue and self._may_start() and self._due_in() <= 0:
+            inline = self._lone_row_may_run_inline()
+            if inline and not self._turn_waited:
+                if self._lone_wait is None:
+                    assert self._loop is not None
+                    self._lone_wait = self._loop.call_soon(self._after_turn)
+                return
             batch = self._take_batch()
             if batch:
-                self._start(batch)
+                self._start(batch, inline=inline and len(batch) == 1)
+
+    def _after_turn(self) -> None:
+        self._lone_wait = None
+        self._turn_waited = True
+        try:
+            self._schedule()
+        finally:
+            self._turn_waited = False
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -246,15 +264,16 @@ class Batcher:
             self._on_drop(dropped)
         return batch
 
-    def _start(self, batch: list[_Pending]) -> None:
-        """Hand ``batch`` to the executor. Its completion comes back with one loop callback, not the
-        two hops (and a task step) of awaiting `run_in_executor`."""
+    def _start(self, batch: list[_Pending], *, inline: bool = False) -> None:
+        """Hand ``batch`` to the executor (``inline``: run it here, see ``inline_below_s``). Its
+        completion comes back with one loop callback, not the two hops (and a task step) of awaiting
+        `run_in_executor`."""
         assert self._loop is not None and self._executor is not None
         loop = self._loop
         done: asyncio.Future[None] = loop.create_future()
         self._running.add(done)
         started = self._clock()
-        if self._runs_inline(batch):
+        if inline:
             ran: Future[_Run] = Future()
             try:
                 ran.set_result(self._timed_run([item.rows for item in batch]))
@@ -271,11 +290,11 @@ class Batcher:
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
 
-    def _runs_inline(self, batch: list[_Pending]) -> bool:
-        """Whether ``batch`` (just taken, in `_running`) runs on the event loop: see ``inline_below_s``."""
-        if self._lone_row_s is None or self._lone_row_s >= self.inline_below_s:
+    def _lone_row_may_run_inline(self) -> bool:
+        """Whether the queue's next batch is one row that may run on the event loop: see ``inline_below_s``."""
+        if self._lone_row_s is None or self._lone_row_s >= self.inline_below_s or self._closing:
             return False
-        if len(batch) != 1 or len(batch[0].rows) != 1 or len(self._running) != 1 or self._queue:
+        if self._running or len(self._queue) != 1 or len(self._queue[0].rows) != 1:
             return False
         return self._can_grow is not None and not self._can_grow(1)
 

@@ -490,3 +490,34 @@ async def test_without_can_grow_or_threshold_nothing_runs_on_the_loop(executor) 
             await asyncio.wait_for(b.submit(rows(i)), 5)
         assert threading.get_ident() not in rec.threads
         await b.close()
+
+
+async def test_requests_read_in_one_turn_share_batches_in_the_thread_instead_of_each_running_alone_on_the_loop(
+    executor,
+) -> None:
+    """A server reads several requests in one turn of its loop, and each is counted in flight only
+    when its own handler runs: the first one's row sees nobody else yet. It waits out the turn, so
+    the others join it in the thread's batches; run at once on the loop, each would run alone, one
+    after another, and answer before the next was even counted, so the next ran alone too."""
+    rec = Threads()
+    in_flight = 0
+
+    async def handler(i: int) -> np.ndarray:
+        nonlocal in_flight
+        in_flight += 1  # admitted as its handler runs
+        try:
+            return await b.submit(rows(i))
+        finally:
+            in_flight -= 1
+
+    b = await make(rec, executor, max_batch_delay_s=0.001, inline_below_s=0.5, can_grow=lambda q: in_flight > q)
+    loop_thread = threading.get_ident()
+    await asyncio.wait_for(handler(0), 5)  # measures one row in the thread
+    await asyncio.wait_for(handler(1), 5)  # alone: runs on the loop
+    assert rec.threads[1] == loop_thread and rec.batches == [[0], [1]]
+    results = await asyncio.wait_for(asyncio.gather(*(handler(i) for i in range(2, 8))), 5)
+    assert [r.tolist() for r in results] == [[[i * 10]] for i in range(2, 8)]
+    assert loop_thread not in rec.threads[2:]
+    assert sorted(row for batch in rec.batches[2:] for row in batch) == list(range(2, 8))
+    assert max(len(batch) for batch in rec.batches[2:]) > 1
+    await b.close()
