@@ -63,6 +63,7 @@ class _Pending:
     future: asyncio.Future[np.ndarray]
     enqueued: float
     source: int
+    requests: int  # the callers' requests the rows stand for (several, from a front end's message)
 
 
 class Batcher:
@@ -152,9 +153,10 @@ class Batcher:
         the submitter (a front-end process), for the statistics."""
         return await self.enqueue(rows, source)
 
-    def enqueue(self, rows: np.ndarray, source: int = 0) -> asyncio.Future[np.ndarray]:
+    def enqueue(self, rows: np.ndarray, source: int = 0, requests: int = 1) -> asyncio.Future[np.ndarray]:
         """`submit` without a coroutine: the future of ``rows``' outputs, for callers that answer from
-        a callback. Cancelling the future drops the rows if they have not run yet."""
+        a callback. Cancelling the future drops the rows if they have not run yet. ``requests``: how
+        many requests the rows stand for, for the statistics (each waited in the queue)."""
         if self._closing:
             raise BatcherClosedError(f"{self.name} is shutting down")
         if self._loop is None:
@@ -165,10 +167,27 @@ class Batcher:
         if self._queued_rows + count > self.max_queue_rows:
             raise QueueFullError(f"{self.name}: {self._queued_rows} rows queued, limit {self.max_queue_rows}")
         future: asyncio.Future[np.ndarray] = self._loop.create_future()
-        self._queue.append(_Pending(rows, future, self._clock(), source))
+        self._queue.append(_Pending(rows, future, self._clock(), source, requests))
         self._queued_rows += count
         self._schedule()
         return future
+
+    def drop_rows(self, future: asyncio.Future[np.ndarray], start: int, stop: int) -> bool:
+        """Take rows ``start:stop`` out of the submission whose outputs ``future`` will hold, while it
+        is still queued (one of the requests it stands for has gone); its outputs then lack them.
+        False when it is no longer queued (its batch runs or ran): the rows stay."""
+        for item in self._queue:
+            if item.future is future:
+                count = stop - start
+                if count <= 0 or start < 0 or stop > len(item.rows) or count == len(item.rows):
+                    return False  # nothing to drop, or all of it: cancel the future instead
+                item.rows = np.delete(item.rows, slice(start, stop), axis=0)
+                item.requests = max(1, item.requests - 1)
+                self._queued_rows -= count
+                if self._on_drop is not None:
+                    self._on_drop(count)
+                return True
+        return False
 
     async def close(self) -> None:
         """Stop accepting rows, finish everything already queued, then return."""
@@ -344,8 +363,8 @@ class Batcher:
                 self._on_batch(
                     BatchStats(
                         rows=total,
-                        requests=len(batch),
-                        queue_waits=[began - item.enqueued for item in batch],
+                        requests=sum(item.requests for item in batch),
+                        queue_waits=[began - item.enqueued for item in batch for _ in range(item.requests)],
                         inference_seconds=(ended if ended is not None else self._clock()) - began,
                         failed=failed,
                         sources=len({item.source for item in batch}),

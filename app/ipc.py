@@ -7,12 +7,18 @@ as the bytes of their uint8 array, the probabilities come back as float32 bytes,
 a connection leaves in one write. Replies carry the request's id, so each reaches its request; a
 connection is one front end, so each reaches its process.
 
-    infer    header {model, version, alias, assumed, sig, shape, inflight, deadline} + images
-             -> ok {version, shape[, info]} + probabilities | redecode {info} | error {code, message}
-    resolve  {model, version, alias} -> ok {info} | error      (which version a request would get)
-    moved    {model} -> ok {view}                               (an admin call moved an alias)
+    infer    header {ids, counts, model, version, alias, assumed, sig, shape, inflight, deadline} + images
+             -> {ids, counts} ok {version, shape[, info]} + probabilities | redecode {info} | error {code, message}
+    resolve  {id, model, version, alias} -> ok {info} | error  (which version a request would get)
+    moved    {id, model} -> ok {view}                           (an admin call moved an alias)
     cancel   {id}                                               (the client hung up: drop its rows)
     beat     {slot, inflight, receiving}                        (a front end's load, every 0.5 s)
+
+An `infer` message carries every request a front end sent to the same model version, with images
+of the same size, in one turn of its event loop: ``counts`` says how many of the rows each of the
+``ids`` owns. The inference process queues them as one submission and answers them together, so
+its per-request work is done once per message. Their rows are dropped unrun only once every one
+of them has been cancelled.
 
 The inference process sends its `HostView` to every front end a few times a second (`view`). A
 front end whose connection closes (the inference process died), or that has not heard from it
@@ -52,6 +58,7 @@ from registry import VersionInfo
 from registry.errors import RegistryError
 
 if TYPE_CHECKING:
+    from app.batcher import Batcher
     from app.versions import LoadedVersion
 
 log = logging.getLogger("app.ipc")
@@ -160,9 +167,10 @@ class Link(asyncio.BufferedProtocol):
         self.transport = None
         self._on_lost(self)
 
-    def send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> bool:
+    def send(self, header: dict[str, Any], payload: np.ndarray | list[np.ndarray] | None = None) -> bool:
         """Queue a message, written when this turn of the event loop ends; False when the connection
-        is gone. ``payload`` must not change until then (callers send arrays they no longer touch)."""
+        is gone. ``payload``: a C-contiguous array, or several sent back to back as one payload; it
+        must not change until then (callers send arrays they no longer touch)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
@@ -172,8 +180,11 @@ class Link(asyncio.BufferedProtocol):
             asyncio.get_running_loop().call_soon(self.flush)
         if payload is None:
             out.append(LENGTHS.pack(len(data), 0) + data)
-        else:
+        elif isinstance(payload, np.ndarray):
             out += (LENGTHS.pack(len(data), payload.nbytes), data, payload.data.cast("B"))
+        else:
+            out += (LENGTHS.pack(len(data), sum(part.nbytes for part in payload)), data)
+            out += [part.data.cast("B") for part in payload]
         return True
 
     def flush(self) -> None:
@@ -295,6 +306,48 @@ def view_from_json(data: dict[str, Any], infos: dict[tuple[str, int], VersionInf
 # -- the inference process's side ----------------------------------------------------------------
 
 
+class _Group:
+    """The requests of one `infer` message, and what they wait on (the task that finds their
+    version, then their rows' future in ``batcher``). A request that is cancelled has its rows
+    taken out while they are still queued (its count becomes 0); once every one has been, the
+    work is cancelled."""
+
+    __slots__ = ("batcher", "counts", "gone", "ids", "work")
+
+    def __init__(self, ids: list[int], counts: list[int]) -> None:
+        self.ids = ids
+        self.counts = counts
+        self.gone: set[int] = set()  # requests cancelled
+        self.work: asyncio.Future[Any] | None = None
+        self.batcher: Batcher | None = None  # once the rows are queued
+
+    def cancel(self, request: int) -> None:
+        self.gone.add(request)
+        work = self.work
+        if work is None or work.done():
+            return
+        if len(self.gone) >= len(self.ids):
+            work.cancel()
+            return
+        if self.batcher is None:
+            return  # its version is being found: its rows are left out when they are queued
+        index = self.ids.index(request)
+        start = sum(self.counts[:index])
+        if self.batcher.drop_rows(work, start, start + self.counts[index]):
+            self.counts[index] = 0
+
+    def leave_out_gone(self, images: np.ndarray) -> np.ndarray:
+        """``images`` without the rows of requests cancelled before they were queued."""
+        keep = np.ones(len(images), dtype=bool)
+        start = 0
+        for index, (request, count) in enumerate(zip(self.ids, self.counts, strict=True)):
+            if request in self.gone:
+                keep[start : start + count] = False
+                self.counts[index] = 0
+            start += count
+        return images[keep]
+
+
 class InferenceEndpoint:
     """Serves the front ends from the model manager of this process."""
 
@@ -305,7 +358,8 @@ class InferenceEndpoint:
         self._frontends = frontends
         self._server: asyncio.AbstractServer | None = None
         self._links: set[Link] = set()
-        self._tasks: dict[tuple[Link, int], asyncio.Future[Any]] = {}  # what each request waits on
+        self._tasks: dict[tuple[Link, int], asyncio.Task[None]] = {}  # control requests (resolve, moved)
+        self._groups: dict[tuple[Link, int], _Group] = {}  # inference requests, by each of their ids
         self._loads: dict[Link, tuple[int, int, int]] = {}  # link -> slot, inflight, receiving
         self._infos: dict[tuple[str, int], dict[str, Any]] = {}
         self._publisher: asyncio.Task[None] | None = None
@@ -321,7 +375,8 @@ class InferenceEndpoint:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        tasks = [*self._tasks.values(), *([self._publisher] if self._publisher else [])]
+        groups = {id(group): group.work for group in self._groups.values() if group.work is not None}
+        tasks = [*self._tasks.values(), *groups.values(), *([self._publisher] if self._publisher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -367,20 +422,28 @@ class InferenceEndpoint:
         for (owner, _), task in list(self._tasks.items()):
             if owner is link:
                 task.cancel()
+        for (owner, _), group in list(self._groups.items()):
+            if owner is link and group.work is not None:
+                group.work.cancel()
 
     def _dispatch(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         self._links.add(link)
         op = header["op"]
         if op == "infer":
             self._loads[link] = (header["slot"], header["inflight"], 0)
+            group = _Group(header["ids"], header["counts"])
             loaded = self._manager.lease_now(header["model"], header["version"], header["alias"])
             if loaded is not None:
-                self._infer_now(link, header, payload, loaded)
+                self._infer_now(link, header, payload, loaded, group)
             else:
-                self._spawn(link, header["id"], self._infer(link, header, payload))
+                self._watch(link, group, asyncio.create_task(self._infer(link, header, payload, group)))
         elif op == "cancel":
-            running = self._tasks.get((link, header["id"]))
-            if running is not None:
+            key = (link, header["id"])
+            cancelled = self._groups.get(key)
+            if cancelled is not None:
+                del self._groups[key]  # counted once
+                cancelled.cancel(header["id"])
+            elif (running := self._tasks.get(key)) is not None:
                 running.cancel()
         elif op == "beat":
             self._loads[link] = (header["slot"], header["inflight"], header["receiving"])
@@ -389,12 +452,24 @@ class InferenceEndpoint:
         else:
             log.warning("unknown operation %r from a front end", op)
 
-    def _answered(self, link: Link) -> None:
-        """One request of ``link`` is done: count it out of the load that link last reported, so a
-        front end that goes quiet does not keep batches waiting for requests it no longer has."""
+    def _answered(self, link: Link, group: _Group) -> None:
+        """The requests of ``group`` are done: count them out of the load ``link`` last reported, so
+        a front end that goes quiet does not keep batches waiting for requests it no longer has."""
+        groups = self._groups
+        for request in group.ids:
+            if groups.get((link, request)) is group:
+                del groups[(link, request)]
         load = self._loads.get(link)
         if load is not None and load[1] > 0:
-            self._loads[link] = (load[0], load[1] - 1, load[2])
+            self._loads[link] = (load[0], max(0, load[1] - len(group.ids)), load[2])
+
+    def _watch(self, link: Link, group: _Group, work: asyncio.Future[Any]) -> None:
+        """``group`` now waits on ``work`` (its task, then its rows' future): once each of its
+        requests has been cancelled, so is the work."""
+        if group.work is None:
+            for request in group.ids:
+                self._groups[(link, request)] = group
+        group.work = work
 
     def _spawn(self, link: Link, request: int, work: Any) -> None:
         key = (link, request)
@@ -402,72 +477,83 @@ class InferenceEndpoint:
         self._tasks[key] = task
         task.add_done_callback(lambda _: self._tasks.pop(key) if self._tasks.get(key) is task else None)
 
-    def _infer_now(self, link: Link, header: dict[str, Any], payload: bytearray | None, loaded: LoadedVersion) -> None:
-        """Run a request on ``loaded`` (acquired; released here): its rows go to the batcher and the
-        answer leaves from the batch's callback, with no task per request. The requests to the served
-        version come here straight from the socket; this event loop serves every front end, so what
-        it does per request is what caps the host (docs/workers.md)."""
-        request = header["id"]
+    def _infer_now(
+        self, link: Link, header: dict[str, Any], payload: bytearray | None, loaded: LoadedVersion, group: _Group
+    ) -> None:
+        """Run a message's requests on ``loaded`` (acquired; released here): their rows go to the
+        batcher as one submission and the answer leaves from the batch's callback, with no task. The
+        requests to the served version come here straight from the socket; this event loop serves
+        every front end, so what it does per message is what caps the host (docs/workers.md)."""
         if header["deadline"] < time.time():
-            self._done(link, loaded)  # its front end has given up on it
+            self._done(link, loaded, group)  # its front end has given up on them
             return
         info = loaded.info
         if loaded.version != header["assumed"] and signature(info.contract) != header["sig"]:
-            link.send({"id": request, "status": "redecode", "info": self._info(info)})
-            self._done(link, loaded)
+            link.send({"ids": group.ids, "counts": group.counts, "status": "redecode", "info": self._info(info)})
+            self._done(link, loaded, group)
             return
         try:  # whatever fails here, the lease is released: a version with a lease left can never retire
             images = np.frombuffer(payload or b"", dtype=np.uint8).reshape(header["shape"])
-            future = loaded.batcher.enqueue(images, header["slot"])
+            if sum(group.counts) != len(images):
+                raise ValueError(f"{len(images)} rows for requests of {sum(group.counts)}")
+            if group.gone:  # cancelled while their version was found
+                if len(group.gone) >= len(group.ids):
+                    self._done(link, loaded, group)
+                    return
+                images = group.leave_out_gone(images)
+            future = loaded.batcher.enqueue(images, header["slot"], len(group.ids) - len(group.gone))
         except Exception as exc:
-            self._done(link, loaded)
-            self._send_error(link, request, batch_error(exc, loaded, self._serving.metrics))
+            self._done(link, loaded, group)
+            self._send_error(link, group, batch_error(exc, loaded, self._serving.metrics))
             return
-        key = (link, request)
-        self._tasks[key] = future
-        future.add_done_callback(lambda future: self._answer_now(link, header, loaded, future))
+        self._watch(link, group, future)
+        group.batcher = loaded.batcher
+        future.add_done_callback(lambda future: self._answer_now(link, header, loaded, group, future))
 
     def _answer_now(
-        self, link: Link, header: dict[str, Any], loaded: LoadedVersion, future: asyncio.Future[np.ndarray]
+        self,
+        link: Link,
+        header: dict[str, Any],
+        loaded: LoadedVersion,
+        group: _Group,
+        future: asyncio.Future[np.ndarray],
     ) -> None:
-        request = header["id"]
-        self._tasks.pop((link, request), None)
-        self._done(link, loaded)
+        self._done(link, loaded, group)
         if future.cancelled():
-            return  # the client hung up (or this process stops): nobody waits for the answer
+            return  # the clients hung up (or this process stops): nobody waits for the answer
         exc = future.exception()
         if exc is not None:
-            self._send_error(link, request, batch_error(exc, loaded, self._serving.metrics))
+            self._send_error(link, group, batch_error(exc, loaded, self._serving.metrics))
             return
         probabilities = loaded.probabilities(future.result())
-        answer: dict[str, Any] = {"id": request, "status": "ok", "version": loaded.version}
+        answer: dict[str, Any] = {"ids": group.ids, "counts": group.counts, "status": "ok", "version": loaded.version}
         answer["shape"] = list(probabilities.shape)
         if loaded.version != header["assumed"]:
             answer["info"] = self._info(loaded.info)
         link.send(answer, np.ascontiguousarray(probabilities, dtype=np.float32))
 
-    def _done(self, link: Link, loaded: LoadedVersion) -> None:
+    def _done(self, link: Link, loaded: LoadedVersion, group: _Group) -> None:
         loaded.release()
-        self._answered(link)
+        self._answered(link, group)
 
-    def _send_error(self, link: Link, request: int, exc: BaseException) -> None:
+    def _send_error(self, link: Link, group: _Group, exc: BaseException) -> None:
         if not isinstance(exc, (ApiError, RegistryError)):
             log.error("inference request failed", exc_info=exc)
-        link.send({"id": request, "status": "error", **error_fields(exc)})
+        link.send({"ids": group.ids, "counts": group.counts, "status": "error", **error_fields(exc)})
 
-    async def _infer(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
-        """A request `lease_now` could not serve (a pinned version or another alias, or nothing
-        loaded yet): the version is found (and loaded) first, then the request goes on as the others."""
+    async def _infer(self, link: Link, header: dict[str, Any], payload: bytearray | None, group: _Group) -> None:
+        """Requests `lease_now` could not serve (a pinned version or another alias, or nothing loaded
+        yet): the version is found (and loaded) first, then they go on as the others."""
         try:
             loaded = await self._manager.acquire(header["model"], version=header["version"], alias=header["alias"])
         except asyncio.CancelledError:
-            self._answered(link)  # the client hung up (or this process stops): nobody waits for the answer
+            self._answered(link, group)  # the clients hung up (or this process stops): nobody waits
             return
         except Exception as exc:
-            self._answered(link)
-            self._send_error(link, header["id"], exc)
+            self._answered(link, group)
+            self._send_error(link, group, exc)
             return
-        self._infer_now(link, header, payload, loaded)
+        self._infer_now(link, header, payload, loaded, group)
 
     async def _control(self, link: Link, header: dict[str, Any]) -> None:
         request = header["id"]
@@ -496,6 +582,21 @@ class InferenceEndpoint:
 # -- the front end's side ---------------------------------------------------------------------------
 
 
+class _Forming:
+    """Inference requests of this turn of the event loop for one version, with images of one size:
+    they leave as one `infer` message when the turn ends."""
+
+    __slots__ = ("alias", "ids", "info", "name", "parts", "version")
+
+    def __init__(self, name: str, version: int | None, alias: str | None, info: VersionInfo) -> None:
+        self.name = name
+        self.version = version
+        self.alias = alias
+        self.info = info
+        self.ids: list[int] = []
+        self.parts: list[np.ndarray] = []
+
+
 class RemoteServing:
     """`app.serving.Serving` for a front-end process: the work goes to the inference process."""
 
@@ -506,7 +607,8 @@ class RemoteServing:
         self._timeout_s = timeout_s
         self._alias = alias
         self._link: Link | None = None
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytearray | None]]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], Any]]] = {}  # by request id: answer, payload
+        self._forming: dict[tuple[Any, ...], _Forming] = {}  # inference requests of this turn, not sent yet
         self._next_id = 0
         self._infos: dict[tuple[str, int], VersionInfo] = {}
         self._sigs: dict[tuple[str, int], str] = {}
@@ -604,9 +706,22 @@ class RemoteServing:
                 log.info("inference process up")
                 self._down = None
             return
-        future = self._pending.pop(header["id"], None)
-        if future is not None and not future.done():
-            future.set_result((header, payload))
+        pending = self._pending
+        ids = header.get("ids")
+        if ids is None:  # a control request's answer
+            future = pending.pop(header["id"], None)
+            if future is not None and not future.done():
+                future.set_result((header, payload))
+            return
+        probabilities = None  # an infer message's answer, to each of its requests
+        if header["status"] == "ok":
+            probabilities = np.frombuffer(payload or b"", dtype=np.float32).reshape(header["shape"])
+        offset = 0
+        for request, count in zip(ids, header["counts"], strict=True):
+            future = pending.pop(request, None)
+            if future is not None and not future.done():
+                future.set_result((header, None if probabilities is None else probabilities[offset : offset + count]))
+            offset += count
 
     async def _beat_loop(self) -> None:
         parent = os.getppid()
@@ -625,27 +740,92 @@ class RemoteServing:
         counter = self._counter
         self._send({"op": "beat", "slot": self._slot, "inflight": counter.value, "receiving": counter.receiving})
 
-    def _send(self, header: dict[str, Any], payload: np.ndarray | None = None) -> bool:
+    def _send(self, header: dict[str, Any], payload: np.ndarray | list[np.ndarray] | None = None) -> bool:
         link = self._link
         return link is not None and link.send(header, payload)
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def _request(
-        self,
-        header: dict[str, Any],
-        payload: np.ndarray | None = None,
-        *,
-        scope: MutableMapping[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], bytearray | None]:
+    async def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
+        """A control request (resolve, moved) and its answer."""
         if self._down is not None:
             raise UnavailableError(self._down, headers={"Retry-After": "1"})
         self._next_id += 1
         request = header["id"] = self._next_id
-        future: asyncio.Future[tuple[dict[str, Any], bytearray | None]] = asyncio.get_running_loop().create_future()
-        if not self._send(header, payload):
+        future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
+        if not self._send(header):
             raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
         self._pending[request] = future
+        return await self._wait(request, future, None)
+
+    async def _infer_once(
+        self,
+        name: str,
+        version: int | None,
+        alias: str | None,
+        info: VersionInfo,
+        images: np.ndarray,
+        scope: MutableMapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Run ``images`` (C-contiguous uint8) as prepared for ``info``: the answer, and the
+        probabilities when it is ok. They leave with the turn's other requests for that version."""
+        if self._down is not None:
+            raise UnavailableError(self._down, headers={"Retry-After": "1"})
+        self._next_id += 1
+        request = self._next_id
+        key = (name, version, alias, info.version, images.shape[1:])
+        forming = self._forming.get(key)
+        if forming is None:
+            if not self._forming:
+                asyncio.get_running_loop().call_soon(self._send_forming)
+            forming = self._forming[key] = _Forming(name, version, alias, info)
+        forming.ids.append(request)
+        forming.parts.append(images)
+        future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request] = future
+        return await self._wait(request, future, scope)
+
+    def _send_forming(self) -> None:
+        """Send this turn's inference requests, one message per version and image size. A request
+        that stopped waiting meanwhile (its client hung up) is left out."""
+        forming, self._forming = self._forming, {}
+        pending = self._pending
+        for group in forming.values():
+            ids, parts = [], []
+            for request, images in zip(group.ids, group.parts, strict=True):
+                if request in pending:
+                    ids.append(request)
+                    parts.append(images)
+            if not ids:
+                continue
+            counts = [len(images) for images in parts]
+            header = {
+                "op": "infer",
+                "ids": ids,
+                "counts": counts,
+                "slot": self._slot,
+                "model": group.name,
+                "version": group.version,
+                "alias": group.alias,
+                "assumed": group.info.version,
+                "sig": self._signature(group.info),
+                "shape": [sum(counts), *parts[0].shape[1:]],
+                "inflight": self._counter.value,
+                "deadline": time.time() + self._timeout_s,
+            }
+            if not self._send(header, parts):
+                unreachable = UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
+                for request in ids:
+                    future = pending.pop(request, None)
+                    if future is not None and not future.done():
+                        future.set_exception(unreachable)
+
+    async def _wait(
+        self,
+        request: int,
+        future: asyncio.Future[tuple[dict[str, Any], Any]],
+        scope: MutableMapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], Any]:
         try:
             with CancelOnHangup(scope):
                 async with asyncio.timeout(self._timeout_s):
@@ -654,12 +834,10 @@ class RemoteServing:
             raise UnavailableError(
                 f"the inference process did not answer within {self._timeout_s:g} s", headers={"Retry-After": "1"}
             ) from None
-        except BaseException:
-            if not future.done() or future.cancelled():  # the client hung up, or a time-out: drop its rows
-                self._send({"op": "cancel", "id": request})
-            raise
         finally:
             self._pending.pop(request, None)
+            if not future.done() or future.cancelled():  # the client hung up, or a time-out: drop its rows
+                self._send({"op": "cancel", "id": request})
 
     def _signature(self, info: VersionInfo) -> str:
         key = (info.model_name, info.version)
@@ -703,25 +881,12 @@ class RemoteServing:
     ) -> tuple[VersionInfo, np.ndarray]:
         info = await self._guess(name, version, alias)
         for _ in range(MAX_REDECODES):
-            images = await prepare(info)
-            header = {
-                "op": "infer",
-                "slot": self._slot,
-                "model": name,
-                "version": version,
-                "alias": alias,
-                "assumed": info.version,
-                "sig": self._signature(info),
-                "shape": list(images.shape),
-                "inflight": self._counter.value,
-                "deadline": time.time() + self._timeout_s,
-            }
-            answer, payload = await self._request(header, np.ascontiguousarray(images), scope=scope)
+            images = np.ascontiguousarray(await prepare(info), dtype=np.uint8)
+            answer, probabilities = await self._infer_once(name, version, alias, info, images, scope)
             status = answer["status"]
-            if status == "ok":
+            if status == "ok" and probabilities is not None:
                 if "info" in answer:
                     info = self._info_from(answer)
-                probabilities = np.frombuffer(payload or b"", dtype=np.float32).reshape(answer["shape"])
                 return info, probabilities
             if status == "redecode":
                 info = self._info_from(answer)

@@ -191,6 +191,16 @@ async def test_stats_hook_sees_every_batch(executor) -> None:
     assert all(len(s.queue_waits) == 2 for s in seen)
 
 
+async def test_stats_count_the_requests_that_rows_stand_for(executor) -> None:
+    """A front end sends several requests' rows as one submission: each request waited."""
+    seen: list[BatchStats] = []
+    b = Batcher(lambda x: x, executor=executor, max_batch_size=4, max_batch_delay_s=LONG, on_batch=seen.append)
+    b.start()
+    await asyncio.gather(b.enqueue(rows(1, 2, 3), requests=2), b.enqueue(rows(4), requests=1))
+    await b.close()
+    assert [(s.rows, s.requests, len(s.queue_waits)) for s in seen] == [(4, 3, 3)]
+
+
 async def test_closed_batcher_refuses_new_rows(executor) -> None:
     b = Batcher(lambda x: x, executor=executor)
     b.start()
@@ -520,4 +530,19 @@ async def test_requests_read_in_one_turn_share_batches_in_the_thread_instead_of_
     assert loop_thread not in rec.threads[2:]
     assert sorted(row for batch in rec.batches[2:] for row in batch) == list(range(2, 8))
     assert max(len(batch) for batch in rec.batches[2:]) > 1
+    await b.close()
+
+
+async def test_rows_taken_out_of_a_queued_submission_are_not_run(executor) -> None:
+    """A front end's message holds several requests; one that hangs up has its rows taken out."""
+    rec = Recorder()
+    dropped: list[int] = []
+    b = await make(rec, executor, max_batch_size=8, max_batch_delay_s=0.05, on_drop=dropped.append)
+    future = b.enqueue(rows(1, 2, 3, 4), requests=3)
+    assert b.drop_rows(future, 1, 3)  # the second request's two rows
+    assert b.queued_rows == 2 and dropped == [2]
+    assert not b.drop_rows(future, 0, 2)  # all that is left: that is a cancel, not a drop
+    assert (await asyncio.wait_for(future, 5)).tolist() == [[10], [40]]
+    assert rec.batches == [[1, 4]]
+    assert not b.drop_rows(future, 0, 1)  # ran: nothing to take out any more
     await b.close()
