@@ -17,8 +17,8 @@ connection is one front end, so each reaches its process.
 An `infer` message carries every request a front end sent to the same model version, with images
 of the same size, in one turn of its event loop: ``counts`` says how many of the rows each of the
 ``ids`` owns. The inference process queues them as one submission and answers them together, so
-its per-request work is done once per message. Their rows are dropped unrun only once every one
-of them has been cancelled.
+its per-request work is done once per message. A request that is cancelled has its rows taken
+out while they are still queued (its count in the answer is then 0).
 
 The inference process sends its `HostView` to every front end a few times a second (`view`). A
 front end whose connection closes (the inference process died), or that has not heard from it

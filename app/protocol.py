@@ -9,6 +9,10 @@ the connection gets a 408 and is closed.
 When a connection is lost while its request still waits for an answer, the request is told
 (`app.disconnect`), so rows nobody will read are not computed.
 
+uvicorn writes a response's status line and headers, then its body, each with a system call of
+its own; here they leave together in one (`Corked`), as soon as the response is complete, before
+the middleware's work after it (metrics) runs.
+
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
 """
@@ -34,6 +38,40 @@ TIMEOUT_RESPONSE = (
 )
 
 
+class Corked:
+    """A connection's transport whose writes are held until `flush` (the protocol calls it when a
+    response is complete) or the end of the event loop's turn, and then leave together, in one
+    `writev`. Everything else goes straight to the transport; closing writes what is held first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, []
+        if not held or self._transport.is_closing():
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        else:
+            self._transport.writelines(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
 
@@ -42,7 +80,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, Corked(transport, self.loop)))
         self._arm_header_timer()  # a connection that never sends a request is closed too
 
     def on_message_begin(self) -> None:
@@ -53,6 +91,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        cast(Corked, self.transport).flush()  # the response's head and body, in one system call
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
