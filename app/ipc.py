@@ -586,7 +586,7 @@ class _Forming:
     """Inference requests of this turn of the event loop for one version, with images of one size:
     they leave as one `infer` message when the turn ends."""
 
-    __slots__ = ("alias", "ids", "info", "name", "parts", "version")
+    __slots__ = ("alias", "ids", "info", "name", "parts", "rows", "version")
 
     def __init__(self, name: str, version: int | None, alias: str | None, info: VersionInfo) -> None:
         self.name = name
@@ -595,13 +595,26 @@ class _Forming:
         self.info = info
         self.ids: list[int] = []
         self.parts: list[np.ndarray] = []
+        self.rows = 0
 
 
 class RemoteServing:
     """`app.serving.Serving` for a front-end process: the work goes to the inference process."""
 
-    def __init__(self, run_dir: Path, *, slot: int, counter: InflightCounter, timeout_s: float, alias: str) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        slot: int,
+        counter: InflightCounter,
+        timeout_s: float,
+        alias: str,
+        max_message_rows: int = 32,
+    ) -> None:
+        """``max_message_rows``: the rows one `infer` message may hold (the batch size, so a message
+        never makes a batch larger than the batcher's limit; one request larger than that goes alone)."""
         self._run_dir = run_dir
+        self._max_message_rows = max_message_rows
         self._slot = slot
         self._counter = counter
         self._timeout_s = timeout_s
@@ -609,6 +622,7 @@ class RemoteServing:
         self._link: Link | None = None
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], Any]]] = {}  # by request id: answer, payload
         self._forming: dict[tuple[Any, ...], _Forming] = {}  # inference requests of this turn, not sent yet
+        self._formed: list[_Forming] = []  # of this turn too, and full
         self._next_id = 0
         self._infos: dict[tuple[str, int], VersionInfo] = {}
         self._sigs: dict[tuple[str, int], str] = {}
@@ -775,12 +789,16 @@ class RemoteServing:
         request = self._next_id
         key = (name, version, alias, info.version, images.shape[1:])
         forming = self._forming.get(key)
+        if forming is not None and forming.rows + len(images) > self._max_message_rows:
+            self._formed.append(forming)  # full: the request starts another message
+            forming = None
         if forming is None:
-            if not self._forming:
+            if not self._forming and not self._formed:
                 asyncio.get_running_loop().call_soon(self._send_forming)
             forming = self._forming[key] = _Forming(name, version, alias, info)
         forming.ids.append(request)
         forming.parts.append(images)
+        forming.rows += len(images)
         future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
         self._pending[request] = future
         return await self._wait(request, future, scope)
@@ -788,9 +806,10 @@ class RemoteServing:
     def _send_forming(self) -> None:
         """Send this turn's inference requests, one message per version and image size. A request
         that stopped waiting meanwhile (its client hung up) is left out."""
-        forming, self._forming = self._forming, {}
+        groups = [*self._formed, *self._forming.values()]
+        self._forming, self._formed = {}, []
         pending = self._pending
-        for group in forming.values():
+        for group in groups:
             ids, parts = [], []
             for request, images in zip(group.ids, group.parts, strict=True):
                 if request in pending:

@@ -249,6 +249,7 @@ async def _remote_serving(
         counter=inflight,
         timeout_s=settings.inference_timeout_s,
         alias=settings.alias,
+        max_message_rows=settings.batching.max_batch_size,
     )
 
     def host_inflight() -> tuple[int, int]:

@@ -52,7 +52,9 @@ async def remote(tmp_path: Path) -> AsyncIterator[tuple[RemoteServing, StandIn]]
     server = await asyncio.get_running_loop().create_unix_server(
         lambda: Link(stand_in.on_message, lambda _: None), socket_path(tmp_path)
     )
-    serving = RemoteServing(tmp_path, slot=0, counter=InflightCounter(), timeout_s=5, alias="production")
+    serving = RemoteServing(
+        tmp_path, slot=0, counter=InflightCounter(), timeout_s=5, alias="production", max_message_rows=4
+    )
     _, link = await asyncio.get_running_loop().create_unix_connection(
         lambda: Link(serving._on_message, serving._on_lost), socket_path(tmp_path)
     )
@@ -128,3 +130,22 @@ async def test_an_error_answer_reaches_every_request_of_the_message(remote: tupl
     stand_in.link.send({"ids": header["ids"], "counts": header["counts"], "status": "error", "code": 503})
     results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert [(answer["status"], probabilities) for answer, probabilities in results] == [("error", None)] * 3
+
+
+async def test_a_message_holds_no_more_rows_than_a_batch(remote: tuple[RemoteServing, StandIn]) -> None:
+    """Here a batch holds 4 rows: a message never makes the batcher run a larger one, except a
+    request that is larger alone."""
+    serving, stand_in = remote
+    sizes = [2, 2, 1, 6, 3]
+    tasks = [
+        asyncio.ensure_future(serving._infer_once("colors", None, None, INFO, images(10 * i, count=n), None))
+        for i, n in enumerate(sizes)
+    ]
+    await stand_in.wait_for(4)
+    assert [header["counts"] for header, _ in stand_in.messages] == [[2, 2], [1], [6], [3]]
+    for message in stand_in.messages:
+        stand_in.answer(*message)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [probabilities[:, 0].tolist() for _, probabilities in results] == [
+        [10 * i + k for k in range(n)] for i, n in enumerate(sizes)
+    ]
