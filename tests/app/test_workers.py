@@ -65,11 +65,21 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def children(server: Server, role: str) -> list[int]:
-    """The pids of the supervisor's processes of ``role`` (inference or frontend)."""
-    out = subprocess.run(
-        ["pgrep", "-P", str(server.proc.pid), "-f", f"app.host {role}"], capture_output=True, text=True
-    )
-    return [int(pid) for pid in out.stdout.split()]
+    """The pids of the supervisor's processes of ``role`` (inference or frontend), read from /proc.
+
+    (Not `pgrep`: its output is all this sees, so an error of its own would read as "no process".)"""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):  # it exited while being read
+            continue
+        if parent == server.proc.pid and f"app.host {role} " in command:
+            pids.append(int(entry.name))
+    return sorted(pids)
 
 
 def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
