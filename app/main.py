@@ -16,7 +16,6 @@ from fastapi import FastAPI
 
 from app import console
 from app.api import admin, health, v1, v2
-from app.auth import admin_tokens
 from app.backend import OrtBackend, choose_providers, release_freed_memory
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
@@ -25,7 +24,7 @@ from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, I
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
 from app.serving import AsyncRegistry, LocalServing, Serving
-from app.settings import Settings, get_settings
+from app.settings import Settings, admin_tokens, get_settings
 from registry import Registry, VersionInfo
 from registry.cache import CachedStore
 
