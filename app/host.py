@@ -63,7 +63,7 @@ class Child:
         return "inference" if self.role == "inference" else f"frontend-{self.slot}"
 
 
-FRONT_END_INLINE_PIXELS = 640 * 480  # a front end decodes a request this size on its loop
+FRONT_END_INLINE_PIXELS = 256 * 256  # a front end decodes a request this size on its loop
 
 
 def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -71,8 +71,11 @@ def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dic
 
     With one front end per CPU, every core already runs an event loop and its decoders, so each
     front end gets 2 decoding threads (not 2 per core of the host), and decodes a request of up to
-    `FRONT_END_INLINE_PIXELS` on its event loop: with about one core to itself, handing the work to
-    a thread only adds two hand-offs (docs/performance.md). ONNX Runtime keeps one thread per core
+    `FRONT_END_INLINE_PIXELS` on its event loop: small images cost mostly Python work that holds the
+    GIL, which a thread cannot run beside the loop, so handing them over only adds two hand-offs.
+    Photos still go to the threads: JPEG decoding lets go of the GIL, and the kernel spreads
+    keep-alive connections unevenly, so the busier front ends need more than one core
+    (docs/performance.md). ONNX Runtime keeps one thread per core
     in the one process that runs models: its idle threads sleep (no spinning, see app.backend), and
     with fewer, model-heavy requests (S3, S4) lost half their throughput."""
     front_end: dict[str, str] = {}

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         ge=0,
         description="a request whose images hold at most this many pixels together (as stored, before any JPEG "
         "scaling) is decoded on the event loop, not in a thread: handing small work to a thread costs more than it "
-        "gains. Each front end of a host with a worker per CPU defaults to 307200 (640x480); 0: always in a thread",
+        "gains. Each front end of a host with a worker per CPU defaults to 65536 (256x256); 0: always in a thread",
     )
     warmup_batch_sizes: list[int] = Field(
         default_factory=lambda: [1, 8, 32], description="batch sizes run once through a version before it serves"
