@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,15 @@ def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
             continue
         out[f"{name} c={c}"] = two / (2 * pinned)
     return out
+
+
+def mean_hop_ms(results: dict[str, Any]) -> float:
+    """What the hop adds to the mean latency at c=1, where one request follows another: the
+    difference of 1 s / throughput between 2 workers and 1. Finer than the p50s, which hey
+    records in steps of 0.1 ms."""
+    two = _find(results, "S1 png raw", "w2", 1)["throughput_rps"]
+    one = _find(results, "S1 png raw", "w1", 1)["throughput_rps"]
+    return 1000 / two - 1000 / one
 
 
 MEDIAN_OF_ROUNDS = (
@@ -299,6 +309,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             "- S7 scaling efficiency (2 workers on 2 cores / twice 1 worker pinned to 1 core; the load generator "
             "shares the cores): " + ", ".join(f"{name} {value:.2f}" for name, value in efficiency.items())
+        )
+    with contextlib.suppress(KeyError):
+        lines.append(
+            f"- S7 hop from the mean latency at c=1 (1 s / requests per second, 2 workers - 1; the p50 target "
+            f"moves in hey's steps of 0.1 ms): {mean_hop_ms(results):.2f} ms"
         )
     lines += [
         "",

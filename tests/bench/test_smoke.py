@@ -98,6 +98,7 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
         assert {(name, c) for target, name, c in scaling if target == "w2"} == scaled
         assert {(name, c) for target, name, c in scaling if target == "w1 on 1 core"} == scaled
         assert "- S7 scaling efficiency" in md
+        assert "- S7 hop from the mean latency at c=1" in md
     assert (out / f"{json_path.stem}-scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert len(results["targets"]) == 14 + (6 if two_workers else 0)
     assert all(isinstance(t["met"], bool) and t["value"] is not None for t in results["targets"])
