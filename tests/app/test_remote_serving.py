@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.errors import UnavailableError
 from app.ipc import Link, RemoteServing, socket_path
 from app.limits import InflightCounter
 
@@ -149,3 +150,21 @@ async def test_a_message_holds_no_more_rows_than_a_batch(remote: tuple[RemoteSer
     assert [probabilities[:, 0].tolist() for _, probabilities in results] == [
         [10 * i + k for k in range(n)] for i, n in enumerate(sizes)
     ]
+
+
+async def test_a_request_not_answered_in_time_gets_503_with_retry_after_and_its_rows_are_cancelled(
+    remote: tuple[RemoteServing, StandIn],
+) -> None:
+    serving, stand_in = remote
+    serving._timeout_s = 0.3  # SERVE_INFERENCE_TIMEOUT_S
+    late = asyncio.ensure_future(serving._infer_once("colors", None, None, INFO, images(1), None))
+    await stand_in.wait_for(1)  # it left, and the stand-in never answers it
+    header, _ = stand_in.messages[0]
+    with pytest.raises(UnavailableError) as caught:
+        await asyncio.wait_for(late, 5)
+    assert caught.value.status_code == 503
+    assert caught.value.headers == {"Retry-After": "1"}
+    assert "did not answer within 0.3 s" in caught.value.message
+    await stand_in.wait_for(2)  # so the inference process drops its rows instead of running them
+    assert stand_in.messages[1][0] == {"op": "cancel", "id": header["ids"][0]}
+    assert not serving._pending
