@@ -598,6 +598,10 @@ class _Forming:
         self.rows = 0
 
 
+class _TimedOut(Exception):
+    """A request waited for the inference process past `SERVE_INFERENCE_TIMEOUT_S`."""
+
+
 class RemoteServing:
     """`app.serving.Serving` for a front-end process: the work goes to the inference process."""
 
@@ -621,6 +625,7 @@ class RemoteServing:
         self._alias = alias
         self._link: Link | None = None
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], Any]]] = {}  # by request id: answer, payload
+        self._deadlines: dict[int, float] = {}  # by request id, in the order they were sent, which is theirs too
         self._forming: dict[tuple[Any, ...], _Forming] = {}  # inference requests of this turn, not sent yet
         self._formed: list[_Forming] = []  # of this turn too, and full
         self._next_id = 0
@@ -746,8 +751,24 @@ class RemoteServing:
                 os.kill(os.getpid(), signal.SIGTERM)
                 parent = os.getppid()
             self.beat()
+            self._expire(time.monotonic())
             if self._down is None and time.monotonic() - self._heard > DEAD_AFTER_S:
                 self._mark_down(f"the inference process has not answered for {DEAD_AFTER_S:g} s")
+
+    def _expire(self, now: float) -> None:
+        """Fail what waited past its deadline. Once a beat, not a timer per request: a timer cost a
+        front end about 4% of its time, and half a second more on a 30 s time-out is no loss."""
+        deadlines = self._deadlines
+        expired = []
+        for request, deadline in deadlines.items():
+            if deadline > now:
+                break
+            expired.append(request)
+        for request in expired:
+            del deadlines[request]
+            future = self._pending.get(request)
+            if future is not None and not future.done():
+                future.set_exception(_TimedOut())
 
     def beat(self) -> None:
         """Tell the inference process this front end's load (it times batches by the host's)."""
@@ -770,6 +791,7 @@ class RemoteServing:
         if not self._send(header):
             raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
         self._pending[request] = future
+        self._deadlines[request] = time.monotonic() + self._timeout_s
         return await self._wait(request, future, None)
 
     async def _infer_once(
@@ -801,6 +823,7 @@ class RemoteServing:
         forming.rows += len(images)
         future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
         self._pending[request] = future
+        self._deadlines[request] = time.monotonic() + self._timeout_s
         return await self._wait(request, future, scope)
 
     def _send_forming(self) -> None:
@@ -847,16 +870,16 @@ class RemoteServing:
     ) -> tuple[dict[str, Any], Any]:
         try:
             with CancelOnHangup(scope):
-                async with asyncio.timeout(self._timeout_s):
-                    return await future
-        except TimeoutError:
+                return await future
+        except _TimedOut:  # (`_expire`)
             raise UnavailableError(
                 f"the inference process did not answer within {self._timeout_s:g} s", headers={"Retry-After": "1"}
             ) from None
         finally:
             self._pending.pop(request, None)
-            if not future.done() or future.cancelled():  # the client hung up, or a time-out: drop its rows
-                self._send({"op": "cancel", "id": request})
+            self._deadlines.pop(request, None)
+            if not future.done() or future.cancelled() or isinstance(future.exception(), _TimedOut):
+                self._send({"op": "cancel", "id": request})  # the client hung up, or a time-out: drop its rows
 
     def _signature(self, info: VersionInfo) -> str:
         key = (info.model_name, info.version)

@@ -110,7 +110,10 @@ class Settings(BaseSettings):
         "with 1, the server is one process",
     )
     inference_timeout_s: float = Field(
-        30.0, gt=0, description="with several workers: how long a front end waits for the inference process (503)"
+        30.0,
+        gt=0,
+        description="with several workers: how long a front end waits for the inference process (503), to within "
+        "half a second",
     )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"

@@ -4,6 +4,7 @@ on a real unix socket: how a turn's requests leave, and how their answers come b
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,11 +158,14 @@ async def test_a_request_not_answered_in_time_gets_503_with_retry_after_and_its_
 ) -> None:
     serving, stand_in = remote
     serving._timeout_s = 0.3  # SERVE_INFERENCE_TIMEOUT_S
+    serving._heard = time.monotonic()  # the inference process is alive: it just never answers this request
+    beats = asyncio.ensure_future(serving._beat_loop())  # which also fails what waited too long
     late = asyncio.ensure_future(serving._infer_once("colors", None, None, INFO, images(1), None))
     await stand_in.wait_for(1)  # it left, and the stand-in never answers it
     header, _ = stand_in.messages[0]
     with pytest.raises(UnavailableError) as caught:
         await asyncio.wait_for(late, 5)
+    beats.cancel()
     assert caught.value.status_code == 503
     assert caught.value.headers == {"Retry-After": "1"}
     assert "did not answer within 0.3 s" in caught.value.message
