@@ -781,18 +781,19 @@ class RemoteServing:
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
-        """A control request (resolve, moved) and its answer."""
+    def _new_request(self) -> int:
+        """The next request's id; 503 while the inference process is down."""
         if self._down is not None:
             raise UnavailableError(self._down, headers={"Retry-After": "1"})
         self._next_id += 1
-        request = header["id"] = self._next_id
-        future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
+        return self._next_id
+
+    async def _request(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
+        """A control request (resolve, moved) and its answer."""
+        request = header["id"] = self._new_request()
         if not self._send(header):
             raise UnavailableError("the inference process is not reachable", headers={"Retry-After": "1"})
-        self._pending[request] = future
-        self._deadlines[request] = time.monotonic() + self._timeout_s
-        return await self._wait(request, future, None)
+        return await self._wait(request, None)
 
     async def _infer_once(
         self,
@@ -805,10 +806,7 @@ class RemoteServing:
     ) -> tuple[dict[str, Any], np.ndarray | None]:
         """Run ``images`` (C-contiguous uint8) as prepared for ``info``: the answer, and the
         probabilities when it is ok. They leave with the turn's other requests for that version."""
-        if self._down is not None:
-            raise UnavailableError(self._down, headers={"Retry-After": "1"})
-        self._next_id += 1
-        request = self._next_id
+        request = self._new_request()
         key = (name, version, alias, info.version, images.shape[1:])
         forming = self._forming.get(key)
         if forming is not None and forming.rows + len(images) > self._max_message_rows:
@@ -821,10 +819,7 @@ class RemoteServing:
         forming.ids.append(request)
         forming.parts.append(images)
         forming.rows += len(images)
-        future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request] = future
-        self._deadlines[request] = time.monotonic() + self._timeout_s
-        return await self._wait(request, future, scope)
+        return await self._wait(request, scope)
 
     def _send_forming(self) -> None:
         """Send this turn's inference requests, one message per version and image size. A request
@@ -862,12 +857,12 @@ class RemoteServing:
                     if future is not None and not future.done():
                         future.set_exception(unreachable)
 
-    async def _wait(
-        self,
-        request: int,
-        future: asyncio.Future[tuple[dict[str, Any], Any]],
-        scope: MutableMapping[str, Any] | None,
-    ) -> tuple[dict[str, Any], Any]:
+    async def _wait(self, request: int, scope: MutableMapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        """The answer to ``request``, sent (or leaving with this turn's message) and not answered
+        yet: it can only arrive on a later turn, after it is registered here."""
+        future: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request] = future
+        self._deadlines[request] = time.monotonic() + self._timeout_s
         try:
             with CancelOnHangup(scope):
                 return await future
