@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workers",
         default=None,
         help="front-end processes (SERVE_WORKERS); default auto: the CPUs this process may use. With 2 or "
-        "more, one inference process runs the models for all of them",
+        "more, one inference process per GPU (SERVE_INFERENCE_PROCESSES) runs the models for all of them",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -42,11 +43,15 @@ def main(argv: list[str] | None = None) -> None:
             # The supervisor only starts and watches the others, so it loads none of the server:
             # that would keep ~50 MB in it for nothing and delay their start by ~0.35 s. What only
             # they can check (the GPU, the registry), they check, and the host exits 3 if they fail.
+            from app.cpus import inference_devices
             from app.host import Supervisor
             from app.settings import admin_tokens
 
             admin_tokens(settings)  # a malformed SERVE_ADMIN_TOKENS fails here, before any process starts
-            supervisor = Supervisor(host=settings.host, port=settings.port, workers=workers, log_level=args.log_level)
+            devices = inference_devices(settings.inference_processes, settings.providers, os.environ)
+            supervisor = Supervisor(
+                host=settings.host, port=settings.port, workers=workers, log_level=args.log_level, devices=devices
+            )
             sys.exit(supervisor.run())
         import uvicorn
 
@@ -62,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             except GpuUnavailableError as exc:
                 _fail(str(exc), status=3)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "__".join(str(part) for part in first["loc"]).upper()
-        _fail(f"invalid setting SERVE_{where}: {first['msg']}")
+        _fail(_setting_error(settings_class=Settings, exc=exc))
     except ValueError as exc:
         _fail(str(exc))
     uvicorn.run(
@@ -92,6 +95,22 @@ def _workers(value: int | str) -> int:
     if not 1 <= workers <= 256:
         raise ValueError(f"invalid --workers {value!r}: a number from 1 to 256, or auto")
     return workers
+
+
+def _setting_error(*, settings_class: type[Any], exc: Any) -> str:
+    """One line for the first invalid setting: its variable, and what it should be. A setting that
+    takes one of several types (a number or "auto") fails once per type; their wants are joined."""
+    errors = exc.errors()
+    path: list[str] = []
+    model = settings_class
+    for part in errors[0]["loc"]:  # the fields, without the type names a union adds after them
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            break
+        path.append(str(part))
+        model = fields[part].annotation
+    wants = [error["msg"] for error in errors if [str(p) for p in error["loc"][: len(path)]] == path]
+    return f"invalid setting SERVE_{'__'.join(path).upper()}: {'; or: '.join(wants)}"
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:

@@ -1,8 +1,13 @@
-"""One host, all of it: `python -m app --workers N` runs a supervisor, N front ends and one inference process.
+"""One host, all of it: `python -m app --workers N` runs a supervisor, N front ends and one inference
+process per device.
 
     supervisor (this module's `Supervisor`)       binds the listening sockets, starts and restarts the others
     ├── front end x N  (`python -m app.host frontend`)   HTTP, auth, limits, decoding, ranking; share the port
-    └── inference      (`python -m app.host inference`)  the model manager and the batchers, for every front end
+    └── inference x K  (`python -m app.host inference`)  the model manager and the batchers, for every front end
+
+K is `SERVE_INFERENCE_PROCESSES`: by default one per GPU (each started with `CUDA_VISIBLE_DEVICES`
+naming its GPU), or one on a host without. Every front end connects to every inference process and
+sends each request to the least busy one that is up (`app.ipc.Devices`).
 
 Each front end accepts on a listening socket of its own, all bound to the one port with
 SO_REUSEPORT on Linux: the kernel spreads new connections evenly over them. (On one shared socket,
@@ -10,11 +15,12 @@ whichever process woke first took a whole burst of connections: 30 of 32 keep-al
 land on one front end while the other idled.) The supervisor holds these sockets; when a front
 end dies, its socket is closed, so new connections go to the others until it is back.
 
-The front ends and the inference process talk over a unix socket in a directory the supervisor
-makes (`app.ipc`). When the inference process dies, the front ends see their connections close
-and answer 503 at once instead of waiting; the supervisor starts a new one, which loads the
-served versions again. A front end that dies is started again. SIGTERM (or SIGINT) stops the front
-ends first, which stop accepting and finish their requests, then the inference process; exit 0.
+The front ends and the inference processes talk over unix sockets in a directory the supervisor
+makes (`app.ipc`). When an inference process dies, the front ends see their connections close:
+what waited on it goes to another inference process when there is one up, and gets 503 at once
+otherwise; the supervisor starts a new one, which loads the served versions again. A front end
+that dies is started again. SIGTERM (or SIGINT) stops the front ends first, which stop accepting
+and finish their requests, then the inference processes; exit 0.
 
 A process that cannot start at all (a required GPU missing, a broken configuration: exit status 3)
 stops the whole host with status 3 rather than being restarted in a loop.
@@ -60,14 +66,16 @@ class Child:
 
     @property
     def name(self) -> str:
-        return "inference" if self.role == "inference" else f"frontend-{self.slot}"
+        return f"{self.role}-{self.slot}"
 
 
 FRONT_END_INLINE_PIXELS = 256 * 256  # a front end decodes a request this size on its loop
 
 
-def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The thread settings the front ends and the inference process get, unless set explicitly.
+def thread_budget(
+    cpus: int, workers: int, environ: dict[str, str], *, cpu_inference: int = 1
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The thread settings the front ends and the inference processes get, unless set explicitly.
 
     With one front end per CPU, every core already runs an event loop and its decoders, so each
     front end gets 2 decoding threads (not 2 per core of the host), and decodes a request of up to
@@ -77,9 +85,12 @@ def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dic
     keep-alive connections unevenly, so the busier front ends need more than one core
     (docs/performance.md). ONNX Runtime keeps one thread per core
     in the one process that runs models: its idle threads sleep (no spinning, see app.backend), and
-    with fewer, model-heavy requests (S3, S4) lost half their throughput."""
+    with fewer, model-heavy requests (S3, S4) lost half their throughput. When ``cpu_inference``
+    processes run models on the CPU, they split the cores instead of each taking them all."""
     front_end: dict[str, str] = {}
     inference: dict[str, str] = {}
+    if cpu_inference > 1 and "SERVE_INTRA_OP_THREADS" not in environ:
+        inference["SERVE_INTRA_OP_THREADS"] = str(max(1, cpus // cpu_inference))
     if "SERVE_DECODE_THREADS" not in environ:
         front_end["SERVE_DECODE_THREADS"] = str(max(2, min(8, 2 * cpus // workers)))
     if "SERVE_DECODE_INLINE_PIXELS" not in environ and workers >= cpus:
@@ -88,12 +99,23 @@ def thread_budget(cpus: int, workers: int, environ: dict[str, str]) -> tuple[dic
 
 
 class Supervisor:
-    def __init__(self, *, host: str, port: int, workers: int, log_level: str, cpus: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        workers: int,
+        log_level: str,
+        cpus: int | None = None,
+        devices: list[str | None] | None = None,
+    ) -> None:
+        """``devices``: the GPU of each inference process (`app.cpus.inference_devices`); one on the CPU by default."""
         from app.cpus import available_cpus
 
         self.host = host
         self.port = port
         self.workers = workers
+        self.devices = devices or [None]
         self.log_level = log_level
         self.cpus = cpus or available_cpus()
         self._stopping = False
@@ -115,28 +137,41 @@ class Supervisor:
         (run_dir / "metrics").mkdir()
         base = [sys.executable, "-m", "app.host"]
         common = ["--run-dir", str(run_dir), "--log-level", self.log_level]
-        front_env, inference_env = thread_budget(self.cpus, self.workers, dict(os.environ))
-        inference = Child(
-            "inference", 0, [*base, "inference", *common, "--frontends", str(self.workers)], extra=inference_env
+        front_env, inference_env = thread_budget(
+            self.cpus, self.workers, dict(os.environ), cpu_inference=self.devices.count(None)
         )
+        inference = [
+            Child(
+                "inference",
+                device,
+                [*base, "inference", *common, "--frontends", str(self.workers), "--device", str(device)],
+                extra={**inference_env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
+            )
+            for device, gpu in enumerate(self.devices)
+        ]
+        devices = ["--devices", str(len(self.devices))]
         front_ends = [
             Child(
                 "frontend",
                 slot,
-                [*base, "frontend", *common, "--slot", str(slot)],
+                [*base, "frontend", *common, "--slot", str(slot), *devices],
                 extra=front_env,
                 listener=listeners[slot],
             )
             for slot in range(self.workers)
         ]
-        children = [inference, *front_ends]
+        children = [*inference, *front_ends]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        gpus = [gpu for gpu in self.devices if gpu is not None]
         log.info(
-            "serving on http://%s:%d with %d front-end processes and one inference process (%d CPUs; %s)",
+            "serving on http://%s:%d with %d front-end processes and %d inference %s (%d CPUs%s; %s)",
             self.host,
             self.port,
             self.workers,
+            len(self.devices),
+            "process" if len(self.devices) == 1 else "processes",
             self.cpus,
+            f"; GPUs {', '.join(gpus)}" if gpus else "",
             ", ".join(f"{k}={v}" for k, v in {**front_env, **inference_env}.items()) or "threads as configured",
         )
         status = 0
@@ -156,7 +191,7 @@ class Supervisor:
                 if listener is not None:  # new connections are refused once the front ends close theirs too
                     listener.close()
             self._stop(front_ends, STOP_FRONT_ENDS_S)
-            self._stop([inference], STOP_INFERENCE_S)
+            self._stop(inference, STOP_INFERENCE_S)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -274,7 +309,7 @@ async def _until_stopped(stop: asyncio.Event) -> None:
     log.error("the supervisor is gone: stopping")
 
 
-async def _serve_inference(run_dir: Path, frontends: int) -> int:
+async def _serve_inference(run_dir: Path, frontends: int, device: int) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from app.backend import GpuUnavailableError
@@ -307,7 +342,7 @@ async def _serve_inference(run_dir: Path, frontends: int) -> int:
             backend_factory=backend_factory,
             loader_executor=loader_executor,
         ) as serving:
-            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends)
+            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device)
             await endpoint.start()  # the front ends hear from it while the models load
             try:
                 await serving.manager.start()
@@ -323,7 +358,7 @@ async def _serve_inference(run_dir: Path, frontends: int) -> int:
         registry.close()
 
 
-def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str) -> int:
+def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices: int) -> int:
     import uvicorn
 
     from app.main import FrontEnd, create_app
@@ -331,7 +366,8 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str) -> int:
     from app.settings import Settings
 
     settings = Settings()
-    app = create_app(settings, front_end=FrontEnd(run_dir=run_dir, slot=slot, metrics_dir=run_dir / "metrics"))
+    front_end = FrontEnd(run_dir=run_dir, slot=slot, metrics_dir=run_dir / "metrics", devices=devices)
+    app = create_app(settings, front_end=front_end)
     config = uvicorn.Config(
         app,
         root_path=settings.root_path,
@@ -354,27 +390,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frontends", type=int, default=1)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--fd", type=int, default=-1)
+    parser.add_argument("--device", type=int, default=0, help="an inference process: its number")
+    parser.add_argument("--devices", type=int, default=1, help="a front end: the inference processes")
     args = parser.parse_args(argv)
+    identity = f"{args.role}-{args.device if args.role == 'inference' else args.slot}"
     logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{args.role}{'' if args.role == 'inference' else '-' + str(args.slot)}] "
-        "%(name)s: %(message)s",
+        level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s [{identity}] %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     from app.metrics import count_in_files
 
-    identity = "inference" if args.role == "inference" else f"frontend-{args.slot}"
     count_in_files(args.run_dir / "metrics", identity)  # before any metric is made
     if args.role == "inference":
         try:
             import uvloop
 
-            code = uvloop.run(_serve_inference(args.run_dir, args.frontends))
+            code = uvloop.run(_serve_inference(args.run_dir, args.frontends, args.device))
         except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-            code = asyncio.run(_serve_inference(args.run_dir, args.frontends))
+            code = asyncio.run(_serve_inference(args.run_dir, args.frontends, args.device))
     else:
-        code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level)
+        code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level, args.devices)
     sys.exit(code)
 
 

@@ -1,8 +1,9 @@
-"""Between the front-end processes and the host's inference process: a unix stream socket.
+"""Between the front-end processes and the host's inference processes: unix stream sockets.
 
-Each front end holds one connection to the inference process's socket in the supervisor's run
-directory. A message is a length-prefixed JSON header and at most one raw payload: the images go
-as the bytes of their uint8 array, the probabilities come back as float32 bytes, never pickled
+Each front end holds one connection to each inference process's socket in the supervisor's run
+directory (one process per GPU; with several, `Devices` spreads the requests over them). A
+message is a length-prefixed JSON header and at most one raw payload: the images go as the bytes
+of their uint8 array, the probabilities come back as float32 bytes, never pickled
 (docs/decisions/0006). Headers are JSON through orjson; what one turn of the event loop sends on
 a connection leaves in one write. Replies carry the request's id, so each reaches its request; a
 connection is one front end, so each reaches its process.
@@ -75,8 +76,9 @@ STAGING_BYTES = 1 << 18  # read at once from the socket, for headers and small p
 LARGE_PAYLOAD_BYTES = 1 << 15  # payloads from this size are read in place, not through the staging buffer
 
 
-def socket_path(run_dir: Path) -> str:
-    return str(run_dir / "inference.sock")
+def socket_path(run_dir: Path, device: int = 0) -> str:
+    """Where inference process ``device`` listens."""
+    return str(run_dir / f"inference-{device}.sock")
 
 
 class Link(asyncio.BufferedProtocol):
@@ -351,10 +353,11 @@ class _Group:
 class InferenceEndpoint:
     """Serves the front ends from the model manager of this process."""
 
-    def __init__(self, serving: LocalServing, run_dir: Path, *, frontends: int) -> None:
+    def __init__(self, serving: LocalServing, run_dir: Path, *, frontends: int, device: int = 0) -> None:
         self._serving = serving
         self._manager = serving.manager
         self._run_dir = run_dir
+        self._device = device
         self._frontends = frontends
         self._server: asyncio.AbstractServer | None = None
         self._links: set[Link] = set()
@@ -366,7 +369,7 @@ class InferenceEndpoint:
 
     async def start(self) -> None:
         """Listen, and send the view to the front ends from now on (also while the models load)."""
-        path = socket_path(self._run_dir)
+        path = socket_path(self._run_dir, self._device)
         self._server = await asyncio.get_running_loop().create_unix_server(
             lambda: Link(self._dispatch, self._lost), path
         )
@@ -397,6 +400,7 @@ class InferenceEndpoint:
             "frontends": self._frontends,
             "frontends_up": len({load[0] for load in loads}),
             "inference": "up",
+            "inference_up": [self._device],
             "inflight": sum(load[1] for load in loads),
             "receiving": sum(load[2] for load in loads),
         }
@@ -614,10 +618,16 @@ class RemoteServing:
         timeout_s: float,
         alias: str,
         max_message_rows: int = 32,
+        device: int = 0,
+        devices: int = 1,
     ) -> None:
         """``max_message_rows``: the rows one `infer` message may hold (the batch size, so a message
-        never makes a batch larger than the batcher's limit; one request larger than that goes alone)."""
+        never makes a batch larger than the batcher's limit; one request larger than that goes alone).
+        ``device``: which of the host's ``devices`` inference processes this one reaches; each is told
+        its share of the front end's load (`Devices` spreads the requests evenly)."""
         self._run_dir = run_dir
+        self._device = device
+        self._devices = devices
         self._max_message_rows = max_message_rows
         self._slot = slot
         self._counter = counter
@@ -633,6 +643,7 @@ class RemoteServing:
         self._sigs: dict[tuple[str, int], str] = {}
         self._view: HostView | None = None
         self._heard = 0.0  # monotonic time of the last view
+        self._ready = False  # the last view's readiness
         self._down: str | None = "the inference process has not started yet"
         self._lost = asyncio.Event()
         self._heard_once = asyncio.Event()
@@ -668,7 +679,7 @@ class RemoteServing:
     async def _connect_loop(self) -> None:
         """Keep one connection to the inference process; after a loss, connect again."""
         loop = asyncio.get_running_loop()
-        path = socket_path(self._run_dir)
+        path = socket_path(self._run_dir, self._device)
         while True:
             try:
                 _, link = await loop.create_unix_connection(lambda: Link(self._on_message, self._on_lost), path)
@@ -689,7 +700,9 @@ class RemoteServing:
 
     def _mark_down(self, why: str) -> None:
         if self._down is None:
-            log.warning("inference process down: %s", why)
+            log.warning(
+                "inference process %d down: %s (%d requests waited on it)", self._device, why, len(self._pending)
+            )
         self._down = why
         self._fail_pending(why)
 
@@ -718,11 +731,12 @@ class RemoteServing:
 
     def _on_message(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         if header.get("op") == "view":
-            self._view = view_from_json(header["view"], self._infos)
+            view = self._view = view_from_json(header["view"], self._infos)
+            self._ready = view.ready
             self._heard = time.monotonic()
             self._heard_once.set()
             if self._down is not None:
-                log.info("inference process up")
+                log.info("inference process %d up", self._device)
                 self._down = None
             return
         pending = self._pending
@@ -770,10 +784,30 @@ class RemoteServing:
             if future is not None and not future.done():
                 future.set_exception(_TimedOut())
 
+    @property
+    def down(self) -> str | None:
+        """Why the inference process cannot be reached now; None while it can."""
+        return self._down
+
+    @property
+    def ready(self) -> bool:
+        """Up, and serving every served model (its last view said so)."""
+        return self._down is None and self._ready
+
+    @property
+    def waiting(self) -> int:
+        """This front end's requests waiting on the inference process."""
+        return len(self._pending)
+
+    def _share(self, count: int) -> int:
+        devices = self._devices
+        return count if devices == 1 else -(-count // devices)
+
     def beat(self) -> None:
         """Tell the inference process this front end's load (it times batches by the host's)."""
         counter = self._counter
-        self._send({"op": "beat", "slot": self._slot, "inflight": counter.value, "receiving": counter.receiving})
+        inflight, receiving = self._share(counter.value), self._share(counter.receiving)
+        self._send({"op": "beat", "slot": self._slot, "inflight": inflight, "receiving": receiving})
 
     def _send(self, header: dict[str, Any], payload: np.ndarray | list[np.ndarray] | None = None) -> bool:
         link = self._link
@@ -847,7 +881,7 @@ class RemoteServing:
                 "assumed": group.info.version,
                 "sig": self._signature(group.info),
                 "shape": [sum(counts), *parts[0].shape[1:]],
-                "inflight": self._counter.value,
+                "inflight": self._share(self._counter.value),
                 "deadline": time.time() + self._timeout_s,
             }
             if not self._send(header, parts):
@@ -937,4 +971,119 @@ class RemoteServing:
             self._raise(header)
         view = view_from_json(header["view"], self._infos)
         self._view = view
+        self._ready = view.ready
         return view
+
+
+class Devices:
+    """`app.serving.Serving` for a front end of a host with several inference processes (one per
+    GPU, `SERVE_INFERENCE_PROCESSES`), each reached by a `RemoteServing`.
+
+    A request goes to the process that is up with the fewest of this front end's requests waiting
+    on it; when that process is lost while the request waits, the request is run again on another
+    one that is up (inference has no side effects), so a crash costs its clients time, not a 503.
+    An admin move is followed by every process before it answers. The view is the first process
+    up's, with the loaded versions' queues and the load added up over all of them."""
+
+    def __init__(self, parts: list[RemoteServing]) -> None:
+        self._parts = parts
+        self._merged: tuple[list[tuple[HostView | None, str | None]], HostView] | None = None
+
+    async def start(self) -> None:
+        for part in self._parts:
+            await part.start()
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until every inference process has been heard from (the models load at the same
+        time in each); False when none has after ``timeout_s``."""
+        await asyncio.gather(*(part.wait_connected(timeout_s) for part in self._parts))
+        return any(part.down is None for part in self._parts)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(part.close() for part in self._parts))
+
+    def _pick(self, besides: RemoteServing | None = None) -> RemoteServing | None:
+        """The ready process with the fewest requests waiting; else one that is up (a restarted
+        one still loading, which answers what it can or says why not); else None."""
+        best: RemoteServing | None = None
+        for part in self._parts:
+            if part.ready and part is not besides and (best is None or part.waiting < best.waiting):
+                best = part
+        if best is None:
+            for part in self._parts:
+                if part.down is None and part is not besides:
+                    return part
+        return best
+
+    async def infer(
+        self,
+        name: str,
+        prepare: Prepare,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        scope: MutableMapping[str, Any] | None = None,
+    ) -> tuple[VersionInfo, np.ndarray]:
+        part = self._pick() or self._parts[0]  # none up: the first says why (503)
+        try:
+            return await part.infer(name, prepare, version=version, alias=alias, scope=scope)
+        except UnavailableError:
+            other = self._pick(besides=part) if part.down is not None else None
+            if other is None:  # a time-out, the model's own state, or no other process up
+                raise
+            return await other.infer(name, prepare, version=version, alias=alias, scope=scope)
+
+    async def moved(self, name: str) -> HostView:
+        """Every process that is up follows the move before the admin call answers; one that is
+        down loads what the registry says when it is back."""
+        up = [part for part in self._parts if part.down is None] or self._parts[:1]
+        await asyncio.gather(*(part.moved(name) for part in up))
+        return self.view()
+
+    def view(self) -> HostView:
+        states = [(part._view, part.down) for part in self._parts]
+        merged = self._merged
+        if merged is not None and all(
+            old[0] is new[0] and old[1] == new[1] for old, new in zip(merged[0], states, strict=True)
+        ):
+            return merged[1]
+        view = merge_views([part.view() for part in self._parts])
+        self._merged = (states, view)
+        return view
+
+
+def merge_views(views: list[HostView]) -> HostView:
+    """The host as its inference processes (``views``, one each) report it, for a front end's routes."""
+    up = sorted((view for view in views if view.inference_error is None), key=lambda view: not view.ready)
+    if not up:
+        return views[0]
+    base = up[0]  # a ready one when there is one: a process still loading does not make the host unready
+    loaded: dict[tuple[str, int, str], ServedVersion] = {}
+    for view in up:
+        for served in view.loaded:
+            key = (served.name, served.version, served.role)
+            seen = loaded.get(key)
+            loaded[key] = served if seen is None else replace(seen, queued_rows=seen.queued_rows + served.queued_rows)
+    infos: dict[tuple[str, int], VersionInfo] = {}
+    for view in up:
+        infos.update(view.infos)
+    workers = [view.workers or {} for view in up]
+    counts: dict[str, int] = {}
+    for view in up:
+        for outcome, count in (view.cache_counts or {}).items():
+            counts[outcome] = counts.get(outcome, 0) + count
+    return replace(
+        base,
+        loaded=list(loaded.values()),
+        infos=infos,
+        workers={
+            "frontends": workers[0].get("frontends"),
+            "frontends_up": max(w.get("frontends_up", 0) for w in workers),
+            "inference": "up" if len(up) == len(views) else "degraded",
+            "inference_processes": len(views),
+            "inference_up": sorted(device for w in workers for device in w.get("inference_up", [])),
+            "inflight": sum(w.get("inflight", 0) for w in workers),
+            "receiving": sum(w.get("receiving", 0) for w in workers),
+        },
+        cache_counts=counts if base.cache_counts is not None else None,
+    )

@@ -19,7 +19,7 @@ from app.api import admin, health, v1, v2
 from app.backend import OrtBackend, choose_providers, release_freed_memory
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
-from app.ipc import RemoteServing
+from app.ipc import Devices, RemoteServing
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
@@ -94,6 +94,7 @@ class FrontEnd:
     run_dir: Path
     slot: int
     metrics_dir: Path
+    devices: int = 1  # the host's inference processes
 
 
 def create_app(
@@ -240,16 +241,22 @@ def cache_counts(cache: CachedStore) -> dict[str, int]:
 @asynccontextmanager
 async def _remote_serving(
     settings: Settings, front_end: FrontEnd, inflight: InflightCounter, metrics: Metrics
-) -> AsyncIterator[RemoteServing]:
-    """A front end's link to its host's inference process; its /metrics shows the whole host."""
-    serving = RemoteServing(
-        front_end.run_dir,
-        slot=front_end.slot,
-        counter=inflight,
-        timeout_s=settings.inference_timeout_s,
-        alias=settings.alias,
-        max_message_rows=settings.batching.max_batch_size,
-    )
+) -> AsyncIterator[RemoteServing | Devices]:
+    """A front end's links to its host's inference processes; its /metrics shows the whole host."""
+    parts = [
+        RemoteServing(
+            front_end.run_dir,
+            slot=front_end.slot,
+            counter=inflight,
+            timeout_s=settings.inference_timeout_s,
+            alias=settings.alias,
+            max_message_rows=settings.batching.max_batch_size,
+            device=device,
+            devices=front_end.devices,
+        )
+        for device in range(front_end.devices)
+    ]
+    serving = parts[0] if len(parts) == 1 else Devices(parts)
 
     def host_inflight() -> tuple[int, int]:
         workers = serving.view().workers or {}

@@ -3,8 +3,8 @@
 With several workers (`python -m app --workers N`) every process of the host counts into files
 of one directory (prometheus_client's multiprocess mode) and a front end's /metrics adds them up:
 counters and histograms summed over the processes, batch, queue and inference metrics from the
-inference process. Each process writes under its slot's name (`frontend-3`, `inference`), not its
-pid, so a restarted process continues its slot's counters and the files do not multiply.
+inference processes. Each process writes under its slot's name (`frontend-3`, `inference-0`),
+not its pid, so a restarted process continues its slot's counters and the files do not multiply.
 """
 
 from __future__ import annotations

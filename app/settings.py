@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         "cgroup quota). With 2 or more, one inference process per device runs the models for all of them; "
         "with 1, the server is one process",
     )
+    inference_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="with several workers: inference processes, each with a copy of the served models; the front "
+        "ends send each request to the least busy one. auto: one per GPU that CUDA may use (CUDA_VISIBLE_DEVICES, "
+        "else nvidia-smi's list) when the models may run on CUDA, otherwise one. More processes than GPUs share the "
+        "GPUs in turn; on CPU, 2 or more split the cores between them",
+    )
     inference_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -175,6 +182,13 @@ class Settings(BaseSettings):
     def _positive_workers(cls, value: int | str) -> int | str:
         if isinstance(value, int) and not 1 <= value <= 256:
             raise ValueError("workers must be between 1 and 256, or auto")
+        return value
+
+    @field_validator("inference_processes")
+    @classmethod
+    def _positive_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("inference_processes must be between 1 and 64, or auto")
         return value
 
     @field_validator("models", mode="before")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -447,3 +448,21 @@ async def test_a_server_started_while_the_database_is_down_answers_503_not_404(t
         r = await client.get("/v2/models/colors/ready")
         assert (r.status_code, list(r.json())) == (503, ["error"])
         assert (await client.get("/v1/models/colors")).status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SERVE_WORKERS", "two", "invalid setting SERVE_WORKERS: Input should be a valid integer"),
+        ("SERVE_INFERENCE_PROCESSES", "0", "invalid setting SERVE_INFERENCE_PROCESSES: Value error, inference_"),
+        ("SERVE_BATCHING__MAX_BATCH_SIZE", "x", "invalid setting SERVE_BATCHING__MAX_BATCH_SIZE: Input should be"),
+    ],
+)
+def test_an_invalid_setting_stops_the_server_with_one_line_naming_its_variable(
+    variable: str, value: str, says: str
+) -> None:
+    env = {**os.environ, variable: value}
+    proc = subprocess.run([sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"imgserve: {says}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

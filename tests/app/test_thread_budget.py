@@ -21,3 +21,10 @@ def test_settings_given_by_the_operator_are_kept() -> None:
     environ = {"SERVE_DECODE_THREADS": "3", "SERVE_DECODE_INLINE_PIXELS": "0"}
     front_end, _ = thread_budget(cpus=4, workers=4, environ=environ)
     assert front_end == {}
+
+
+def test_inference_processes_on_the_cpu_split_the_cores_between_them() -> None:
+    _, inference = thread_budget(cpus=16, workers=16, environ={}, cpu_inference=2)
+    assert inference == {"SERVE_INTRA_OP_THREADS": "8"}
+    _, inference = thread_budget(cpus=16, workers=16, environ={"SERVE_INTRA_OP_THREADS": "4"}, cpu_inference=2)
+    assert inference == {}  # the operator's

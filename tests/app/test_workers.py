@@ -5,12 +5,15 @@ Every test here starts the real supervisor, its front ends and its inference pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -99,6 +102,31 @@ def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
 
 async def post_red(client: httpx.AsyncClient, server: Server) -> httpx.Response:
     return await client.post(f"{server.url}{PREDICT}", files={"images": ("r.png", solid("red"), "image/png")})
+
+
+@contextlib.asynccontextmanager
+async def under_load(
+    server: Server, clients: int, record: Callable[[float, httpx.Response], None]
+) -> AsyncIterator[None]:
+    """``clients`` clients post a red image in a loop while the block runs; each answer goes to
+    ``record`` with the time its request was sent."""
+    stop = asyncio.Event()
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = await post_red(client, server)
+                record(sent, r)
+                if r.status_code != 200:
+                    await asyncio.sleep(0.01)
+
+    loops = [asyncio.ensure_future(client_loop()) for _ in range(clients)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
 
 
 async def test_a_batch_holds_rows_from_several_front_ends_and_metrics_add_up(tmp_path: Path) -> None:
@@ -228,34 +256,27 @@ async def test_sigkill_of_the_inference_process_gives_only_200_and_503_and_the_h
     with server_process(env_for(backend), workers=2) as server:
         statuses: list[int] = []
         missing_retry_after: list[str] = []
-        stop = asyncio.Event()
 
-        async def client_loop() -> None:
-            async with httpx.AsyncClient(timeout=30) as client:
-                while not stop.is_set():
-                    r = await post_red(client, server)
-                    statuses.append(r.status_code)
-                    if r.status_code == 503 and "retry-after" not in r.headers:
-                        missing_retry_after.append(r.text)
-                    if r.status_code != 200:
-                        await asyncio.sleep(0.01)
+        def record(sent: float, r: httpx.Response) -> None:
+            statuses.append(r.status_code)
+            if r.status_code == 503 and "retry-after" not in r.headers:
+                missing_retry_after.append(r.text)
 
-        loops = [asyncio.ensure_future(client_loop()) for _ in range(8)]
-        await asyncio.sleep(1.0)
-        (victim,) = children(server, "inference")
-        os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
-        async with httpx.AsyncClient(timeout=5) as probe:
-            while (await probe.get(f"{server.url}/readyz")).status_code != 200 or children(server, "inference") == [
-                victim
-            ]:
+        async with under_load(server, 8, record), httpx.AsyncClient(timeout=5) as probe:
+            await asyncio.sleep(1.0)
+            (victim,) = children(server, "inference")
+            os.kill(victim, signal.SIGKILL)
+            killed = time.monotonic()
+            # Ready, with a new inference process: right after the kill the old one is a zombie that
+            # /proc no longer names, and the front ends may not have noticed yet.
+            while (await probe.get(f"{server.url}/readyz")).status_code != 200 or len(
+                [pid for pid in children(server, "inference") if pid != victim]
+            ) != 1:
                 assert time.monotonic() - killed < 60, "the host never became ready again"
                 await asyncio.sleep(0.05)
-        recovered = time.monotonic() - killed
-        served_before = statuses.count(200)
-        await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.gather(*loops)
+            recovered = time.monotonic() - killed
+            served_before = statuses.count(200)
+            await asyncio.sleep(1.0)
     print(f"ready again {recovered:.2f} s after SIGKILL; {statuses.count(503)} answers 503 meanwhile")
     assert set(statuses) <= {200, 503}
     assert statuses.count(503) > 0  # the front ends noticed, and said so
@@ -417,3 +438,93 @@ def test_a_host_that_cannot_start_exits_with_status_3(tmp_path: Path, workers: s
     assert proc.returncode == 3, proc.stderr
     assert "GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- several inference processes (one per GPU; here two on the CPU) -----------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_two_inference_processes_share_the_requests_and_both_follow_a_promotion(tmp_path: Path) -> None:
+    """The layout of a host with two GPUs (`SERVE_INFERENCE_PROCESSES=2`), on the CPU."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_INFERENCE_PROCESSES="2", SERVE_POLL_INTERVAL_S="30")  # moves come from the API
+    with server_process(env, workers=2) as server:
+        ready = httpx.get(f"{server.url}/readyz").json()
+        assert ready["workers"]["inference_processes"] == 2
+        assert ready["workers"]["inference_up"] == [0, 1]
+        inference = children(server, "inference")
+        assert len(inference) == 2
+        spent = {pid: cpu_seconds(pid) for pid in inference}
+        answers: list[tuple[float, int, str]] = []  # sent, version, label
+        failures: list[str] = []
+
+        def record(sent: float, r: httpx.Response) -> None:
+            if r.status_code != 200:
+                failures.append(f"{r.status_code} {r.text}")
+            else:
+                answers.append((sent, r.json()["version"], r.json()["predictions"][0]["label"]))
+
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        async with under_load(server, 8, record), httpx.AsyncClient(timeout=60, headers=admin) as ops:
+            await asyncio.sleep(1.5)
+            r = await ops.put(f"{server.url}/v1/models/colors/aliases/production", json={"version": 2})
+            assert r.status_code == 200, r.text
+            assert r.json()["serving_version"] == 2
+            promoted = time.monotonic()
+            await asyncio.sleep(1.5)
+        used = {pid: cpu_seconds(pid) - spent[pid] for pid in inference}
+    print(f"{len(answers)} answers; CPU seconds of each inference process meanwhile: {used}")
+    assert failures == []
+    assert all(LABEL_OF[version] == label for _, version, label in answers)
+    # The move answered once both processes served v2 (the registry is not polled here), so no
+    # request sent after it was answered by v1, whichever process ran it.
+    assert {v for sent, v, _ in answers if sent > promoted} == {2}
+    # Both ran requests: an idle one spends a few ms a second on its reports.
+    assert min(used.values()) > 0.1, used
+
+
+async def test_sigkill_of_one_of_two_inference_processes_gives_only_200(tmp_path: Path) -> None:
+    """What waited on the killed process runs on the other one; new requests go there until the
+    killed one is back and has loaded the model. The model takes a few ms a batch, so requests
+    spend most of their time waiting on an inference process, and some wait on the one killed."""
+    backend = _sqlite_backend(tmp_path)
+    with backend.registry() as reg:
+        slowish = color_classifier(tmp_path / "slowish.onnx", busy_matmuls=2)
+        reg.register(name="colors", onnx_path=slowish, metadata=color_metadata())
+        reg.promote(name="colors", version=1)
+    with server_process(env_for(backend, SERVE_INFERENCE_PROCESSES="2"), workers=2) as server:
+        statuses: list[int] = []
+        others: list[str] = []
+
+        def record(sent: float, r: httpx.Response) -> None:
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                others.append(f"{r.status_code} {r.text}")
+
+        async with under_load(server, 8, record), httpx.AsyncClient(timeout=5) as probe:
+            await asyncio.sleep(1.0)
+            before = children(server, "inference")
+            os.kill(before[0], signal.SIGKILL)
+            killed = time.monotonic()
+            while True:
+                workers = (await probe.get(f"{server.url}/readyz")).json()["workers"]
+                now = children(server, "inference")
+                if workers["inference"] == "up" and len(now) == 2 and before[0] not in now:
+                    break
+                assert time.monotonic() - killed < 60, f"the killed process never came back: {workers}"
+                await asyncio.sleep(0.05)
+            recovered = time.monotonic() - killed
+            served_before = len(statuses)
+            await asyncio.sleep(1.0)
+        log = server.log_text()
+    moved = sum(int(n) for n in re.findall(r"inference process 0 down: .* \((\d+) requests waited on it\)", log))
+    print(f"both up again {recovered:.2f} s after SIGKILL; {len(statuses)} answers, {moved} of them moved over")
+    assert moved > 0  # some were waiting on the killed process when it died
+    assert others == []
+    assert len(statuses) > served_before
+    assert "inference-0 exited" in log  # the supervisor saw it, and started it again

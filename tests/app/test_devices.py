@@ -1,0 +1,103 @@
+"""Which inference processes a multi-worker host starts (`app.cpus.inference_devices`), and how a
+front end reports a host of several (`app.ipc.merge_views`)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app import cpus
+from app.ipc import merge_views
+from app.serving import HostView, ModelView, ServedVersion
+
+
+@pytest.fixture
+def cuda_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus, "cuda_installed", lambda: True)
+
+
+def test_one_process_per_gpu_that_cuda_may_see(cuda_build: None) -> None:
+    assert cpus.inference_devices("auto", "auto", {"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert cpus.inference_devices("auto", "cuda", {"CUDA_VISIBLE_DEVICES": "GPU-a, GPU-b,"}) == ["GPU-a", "GPU-b"]
+    # CUDA stops at the first invalid entry: -1 hides every GPU.
+    assert cpus.inference_devices("auto", "auto", {"CUDA_VISIBLE_DEVICES": "-1"}) == [None]
+    assert cpus.inference_devices("auto", "auto", {"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == ["0"]
+
+
+def test_more_processes_than_gpus_share_them_in_turn(cuda_build: None) -> None:
+    assert cpus.inference_devices(4, "auto", {"CUDA_VISIBLE_DEVICES": "0,1"}) == ["0", "1", "0", "1"]
+
+
+def test_on_the_cpu_one_process_unless_told(cuda_build: None) -> None:
+    assert cpus.inference_devices("auto", "cpu", {"CUDA_VISIBLE_DEVICES": "0,1"}) == [None]
+    assert cpus.inference_devices(2, "cpu", {"CUDA_VISIBLE_DEVICES": "0,1"}) == [None, None]
+
+
+def test_without_the_cuda_build_of_onnx_runtime_the_gpus_are_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpus, "cuda_installed", lambda: False)
+    assert cpus.inference_devices("auto", "auto", {"CUDA_VISIBLE_DEVICES": "0,1"}) == [None]
+
+
+def fake_tool(directory: Path, script: str) -> str:
+    directory.mkdir()
+    tool = directory / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    return f"{directory}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_the_gpus_nvidia_smi_lists_when_cuda_visible_devices_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", fake_tool(tmp_path / "ok", 'echo "GPU-1111-aaaa"; echo "GPU-2222-bbbb"'))
+    assert cpus.visible_gpus({}) == ["GPU-1111-aaaa", "GPU-2222-bbbb"]
+    monkeypatch.setenv("PATH", fake_tool(tmp_path / "failing", "echo 'NVIDIA-SMI has failed' >&2; exit 9"))
+    assert cpus.visible_gpus({}) == []  # a driver that does not answer: no GPU to plan for
+
+
+def view(*, ready: bool = True, queued: int = 0, error: str | None = None, device: int = 0) -> HostView:
+    loaded = [ServedVersion("digits", 2, "current", "CPUExecutionProvider", ["CPUExecutionProvider"], queued, 0.0)]
+    return HostView(
+        alias="production",
+        started=True,
+        synced=True,
+        last_poll_error=None,
+        models={"digits": ModelView("digits", 2 if ready else None, {"production": 2}, None, {})},
+        loaded=loaded if ready else [],
+        infos={},
+        inference_error=error,
+        workers={"frontends": 4, "frontends_up": 4, "inference": "up", "inference_up": [device], "inflight": 3},
+    )
+
+
+def test_the_host_is_ready_while_one_process_is_and_queues_add_up() -> None:
+    merged = merge_views([view(queued=5), view(queued=2, device=1)])
+    assert merged.ready
+    assert [v.queued_rows for v in merged.loaded] == [7]
+    assert merged.workers is not None
+    assert merged.workers["inference"] == "up"
+    assert merged.workers["inference_up"] == [0, 1]
+    assert merged.workers["inflight"] == 6
+
+    # One restarted and still loading: the host serves from the other, and says it is degraded.
+    merged = merge_views([view(ready=False), view(queued=1, device=1)])
+    assert merged.ready
+    assert merged.models["digits"].current == 2
+    assert merged.workers is not None
+    assert merged.workers["inference"] == "up"  # both are up; one is loading
+    down = replace(view(), inference_error="the inference process restarted, retry")
+    merged = merge_views([down, view(device=1)])
+    assert merged.ready
+    assert merged.workers is not None
+    assert (merged.workers["inference"], merged.workers["inference_up"]) == ("degraded", [1])
+
+
+def test_the_host_is_not_ready_when_no_process_is_up() -> None:
+    why = "the inference process restarted, retry"
+    merged = merge_views([replace(view(), inference_error=why), replace(view(device=1), inference_error=why)])
+    assert not merged.ready
+    assert merged.inference_error == why
