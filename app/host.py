@@ -140,16 +140,16 @@ class Supervisor:
         front_env, inference_env = thread_budget(
             self.cpus, self.workers, dict(os.environ), cpu_inference=self.devices.count(None)
         )
+        devices = ["--devices", str(len(self.devices))]
         inference = [
             Child(
                 "inference",
                 device,
-                [*base, "inference", *common, "--frontends", str(self.workers), "--device", str(device)],
+                [*base, "inference", *common, "--frontends", str(self.workers), "--device", str(device), *devices],
                 extra={**inference_env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
             )
             for device, gpu in enumerate(self.devices)
         ]
-        devices = ["--devices", str(len(self.devices))]
         front_ends = [
             Child(
                 "frontend",
@@ -309,7 +309,7 @@ async def _until_stopped(stop: asyncio.Event) -> None:
     log.error("the supervisor is gone: stopping")
 
 
-async def _serve_inference(run_dir: Path, frontends: int, device: int) -> int:
+async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: int) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from app.backend import GpuUnavailableError
@@ -342,7 +342,7 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int) -> int:
             backend_factory=backend_factory,
             loader_executor=loader_executor,
         ) as serving:
-            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device)
+            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device, devices=devices)
             await endpoint.start()  # the front ends hear from it while the models load
             try:
                 await serving.manager.start()
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--fd", type=int, default=-1)
     parser.add_argument("--device", type=int, default=0, help="an inference process: its number")
-    parser.add_argument("--devices", type=int, default=1, help="a front end: the inference processes")
+    parser.add_argument("--devices", type=int, default=1, help="the host's inference processes")
     args = parser.parse_args(argv)
     identity = f"{args.role}-{args.device if args.role == 'inference' else args.slot}"
     logging.basicConfig(
@@ -406,9 +406,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             import uvloop
 
-            code = uvloop.run(_serve_inference(args.run_dir, args.frontends, args.device))
+            code = uvloop.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices))
         except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-            code = asyncio.run(_serve_inference(args.run_dir, args.frontends, args.device))
+            code = asyncio.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices))
     else:
         code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level, args.devices)
     sys.exit(code)

@@ -353,11 +353,14 @@ class _Group:
 class InferenceEndpoint:
     """Serves the front ends from the model manager of this process."""
 
-    def __init__(self, serving: LocalServing, run_dir: Path, *, frontends: int, device: int = 0) -> None:
+    def __init__(
+        self, serving: LocalServing, run_dir: Path, *, frontends: int, device: int = 0, devices: int = 1
+    ) -> None:
         self._serving = serving
         self._manager = serving.manager
         self._run_dir = run_dir
         self._device = device
+        self._devices = devices
         self._frontends = frontends
         self._server: asyncio.AbstractServer | None = None
         self._links: set[Link] = set()
@@ -400,6 +403,7 @@ class InferenceEndpoint:
             "frontends": self._frontends,
             "frontends_up": len({load[0] for load in loads}),
             "inference": "up",
+            "inference_processes": self._devices,
             "inference_up": [self._device],
             "inflight": sum(load[1] for load in loads),
             "receiving": sum(load[2] for load in loads),

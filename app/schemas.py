@@ -60,8 +60,11 @@ class HealthResponse(BaseModel):
     models: dict[str, Any] = {}
     registry_error: str | None = None
     inference_error: str | None = Field(
-        None, description="with several workers: why the host's inference process cannot be reached"
+        None, description="with several workers: why no inference process of the host can be reached"
     )
     workers: dict[str, Any] | None = Field(
-        None, description="with several workers: the front-end processes up and the inference process"
+        None,
+        description="with several workers: the front-end processes up (frontends, frontends_up), the inference "
+        "processes (inference_processes; inference_up, their numbers; inference: up, or degraded while some are "
+        "down) and the inference requests in flight",
     )

@@ -141,6 +141,7 @@ async def test_a_batch_holds_rows_from_several_front_ends_and_metrics_add_up(tmp
     with server_process(env, workers=4) as server:
         ready = httpx.get(f"{server.url}/readyz").json()
         assert ready["workers"]["frontends"] == 4
+        assert (ready["workers"]["inference_processes"], ready["workers"]["inference_up"]) == (1, [0])
         assert len(children(server, "frontend")) == 4
         assert len(children(server, "inference")) == 1
 
