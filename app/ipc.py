@@ -1039,9 +1039,23 @@ class Devices:
 
     async def moved(self, name: str) -> HostView:
         """Every process that is up follows the move before the admin call answers; one that is
-        down loads what the registry says when it is back."""
+        down (or goes down meanwhile) loads what the registry says when it is back. When one could
+        not load the new target, its view is the answer: the admin call then reports its error and
+        the version it still serves, not the others' success."""
         up = [part for part in self._parts if part.down is None] or self._parts[:1]
-        await asyncio.gather(*(part.moved(name) for part in up))
+        results = await asyncio.gather(*(part.moved(name) for part in up), return_exceptions=True)
+        views = []
+        for part, result in zip(up, results, strict=True):
+            if isinstance(result, HostView):
+                views.append(result)
+            elif not (isinstance(result, UnavailableError) and part.down is not None):
+                raise result
+        if not views:  # every one went down meanwhile
+            raise UnavailableError("no inference process is up, retry", headers={"Retry-After": "1"})
+        for view in views:
+            model = view.models.get(name)
+            if model is not None and model.last_error is not None:
+                return view
         return self.view()
 
     def view(self) -> HostView:

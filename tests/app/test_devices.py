@@ -1,17 +1,21 @@
-"""Which inference processes a multi-worker host starts (`app.cpus.inference_devices`), and how a
-front end reports a host of several (`app.ipc.merge_views`)."""
+"""Which inference processes a multi-worker host starts (`app.cpus.inference_devices`), how a
+front end reports a host of several (`app.ipc.merge_views`), and how an admin move reaches them
+all (`app.ipc.Devices.moved`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from app import cpus
-from app.ipc import merge_views
+from app.errors import UnavailableError
+from app.ipc import Devices, RemoteServing, merge_views
 from app.serving import HostView, ModelView, ServedVersion
 
 
@@ -101,3 +105,65 @@ def test_the_host_is_not_ready_when_no_process_is_up() -> None:
     merged = merge_views([replace(view(), inference_error=why), replace(view(device=1), inference_error=why)])
     assert not merged.ready
     assert merged.inference_error == why
+
+
+class Part:
+    """Stands in for a `RemoteServing` to one inference process, for what `Devices.moved` uses."""
+
+    def __init__(self, view: HostView, after_move: HostView | None = None) -> None:
+        self._view: HostView | None = view
+        self.after_move = after_move  # None: the process goes down during the move
+        self.down: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.down is None and self._view is not None and self._view.ready
+
+    waiting = 0
+
+    def view(self) -> HostView:
+        assert self._view is not None
+        return self._view if self.down is None else replace(self._view, inference_error=self.down)
+
+    async def moved(self, name: str) -> HostView:
+        await asyncio.sleep(0)
+        if self.after_move is None:
+            self.down = "the inference process restarted, retry"
+            raise UnavailableError(self.down, headers={"Retry-After": "1"})
+        self._view = self.after_move
+        return self.after_move
+
+
+def serving_v3(*, error: str | None = None, device: int = 0) -> HostView:
+    """After a move to v3: served, or still v2 with the load error."""
+    base = view(device=device)
+    model = ModelView("digits", 2 if error else 3, {"production": 3}, error, {})
+    return replace(base, models={"digits": model})
+
+
+def devices(*parts: Part) -> Devices:
+    return Devices(cast(list[RemoteServing], list(parts)))
+
+
+async def test_a_move_answers_with_the_new_version_once_every_process_serves_it() -> None:
+    host = devices(Part(view(), serving_v3()), Part(view(device=1), serving_v3(device=1)))
+    answer = await host.moved("digits")
+    assert answer.models["digits"].current == 3
+    assert answer.models["digits"].last_error is None
+
+
+async def test_a_move_one_process_could_not_load_reports_its_error_and_the_version_it_still_serves() -> None:
+    broken = serving_v3(error="CUDA out of memory", device=1)
+    host = devices(Part(view(), serving_v3()), Part(view(device=1), broken))
+    answer = await host.moved("digits")
+    assert (answer.models["digits"].current, answer.models["digits"].last_error) == (2, "CUDA out of memory")
+
+
+async def test_a_process_lost_during_a_move_is_left_to_load_it_when_back_but_all_lost_is_503() -> None:
+    host = devices(Part(view(), serving_v3()), Part(view(device=1), None))
+    answer = await host.moved("digits")
+    assert answer.models["digits"].current == 3
+    assert answer.workers is not None
+    assert (answer.workers["inference"], answer.workers["inference_up"]) == ("degraded", [0])
+    with pytest.raises(UnavailableError):
+        await devices(Part(view(), None), Part(view(device=1), None)).moved("digits")
