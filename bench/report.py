@@ -34,12 +34,20 @@ def _widest(results: dict[str, Any]) -> int | None:
     return max(counts) if counts and max(counts) >= 16 else None
 
 
+def two_inference(workers: int) -> str:
+    """The S7 run at ``workers`` front ends with two inference processes (`SERVE_INFERENCE_PROCESSES=2`)."""
+    return f"w{workers} 2 inference"
+
+
 def _best_s4_wide(results: dict[str, Any]) -> float:
-    """S4 with 64 requests in flight, at the worker count that did best; CUDA runs only."""
+    """S4 with 64 requests in flight, at the worker count (and inference processes) that did best; CUDA runs only."""
     found = [
         x["images_per_s"]
         for x in results["scenarios"]
-        if x.get("scaling") and x["name"].startswith("S4") and x["concurrency"] == 64 and x["target"][1:].isdigit()
+        if x.get("scaling")
+        and x["name"].startswith("S4")
+        and x["concurrency"] == 64
+        and x["target"].removesuffix(" 2 inference")[1:].isdigit()
     ]
     if results.get("provider_requested") != "cuda" or not found:
         raise KeyError("S4 c=64 on CUDA")
@@ -57,6 +65,21 @@ def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
             continue
         out[f"{name} c={c}"] = two / (2 * pinned)
     return out
+
+
+def inference_processes_gain(results: dict[str, Any]) -> tuple[int, dict[str, float]]:
+    """At the widest worker count: throughput with two inference processes over that with one, per scenario."""
+    counts = [int(x["target"][1:]) for x in results["scenarios"] if x.get("scaling") and x["target"][1:].isdigit()]
+    widest = max(counts, default=0)
+    out = {}
+    for name, c in SCALED:
+        try:
+            two = _find(results, name, two_inference(widest), c)["throughput_rps"]
+            one = _find(results, name, f"w{widest}", c)["throughput_rps"]
+        except KeyError:
+            continue
+        out[f"{name} c={c}"] = two / one
+    return widest, out
 
 
 def mean_hop_ms(results: dict[str, Any]) -> float:
@@ -309,6 +332,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             "- S7 scaling efficiency (2 workers on 2 cores / twice 1 worker pinned to 1 core; the load generator "
             "shares the cores): " + ", ".join(f"{name} {value:.2f}" for name, value in efficiency.items())
+        )
+    widest, gain = inference_processes_gain(results)
+    if gain:
+        lines.append(
+            f"- S7 two inference processes at {widest} workers / one (SERVE_INFERENCE_PROCESSES=2; on CUDA both "
+            "share the GPU): " + ", ".join(f"{name} {value:.2f}" for name, value in gain.items())
         )
     with contextlib.suppress(KeyError):
         lines.append(

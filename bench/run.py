@@ -655,6 +655,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name, route, _, n, payload = next(e for e in server_scenarios if e[0].startswith("S4"))
             scaling.append((name, route, 64, n * 4, payload))
         runs = [(f"w{count}", server(count), ROOT) for count in worker_counts(cores)]
+        widest = worker_counts(cores)[-1]
+        if widest > 1:  # the widest count again with two inference processes (sharing the GPU on CUDA)
+            runs.append((report.two_inference(widest), ["env", "SERVE_INFERENCE_PROCESSES=2", *server(widest)], ROOT))
         if shutil.which("taskset") and cores > 1:
             runs.append(("w1 on 1 core", server(1, pin="0"), ROOT))
         with contextlib.ExitStack() as stack:
@@ -663,7 +666,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if "--workers" in (checkout / "app" / "__main__.py").read_text():
                     # "previous REV" is the single process the 1-worker target compares with; the
                     # widest count runs too, beside this revision's.
-                    widest = worker_counts(cores)[-1]
                     runs.append((f"previous {args.previous}", server(1), checkout))
                     if widest > 1:
                         runs.append((f"previous {args.previous} w{widest}", server(widest), checkout))

@@ -97,6 +97,9 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
     if two_workers:  # S7 at 2 workers, and 1 worker pinned to one core beside it
         assert {(name, c) for target, name, c in scaling if target == "w2"} == scaled
         assert {(name, c) for target, name, c in scaling if target == "w1 on 1 core"} == scaled
+        widest = results["workers"]
+        assert {(name, c) for target, name, c in scaling if target == f"w{widest} 2 inference"} == scaled
+        assert f"- S7 two inference processes at {widest} workers / one" in md
         assert "- S7 scaling efficiency" in md
         assert "- S7 hop from the mean latency at c=1" in md
     assert (out / f"{json_path.stem}-scaling.png").read_bytes()[:4] == b"\x89PNG"
