@@ -986,8 +986,9 @@ class Devices:
     A request goes to the process that is up with the fewest of this front end's requests waiting
     on it; when that process is lost while the request waits, the request is run again on another
     one that is up (inference has no side effects), so a crash costs its clients time, not a 503.
-    An admin move is followed by every process before it answers. The view is the first process
-    up's, with the loaded versions' queues and the load added up over all of them."""
+    An admin move is followed by every process before it answers. The view is that of a process
+    that is ready (else of one that is up), with the loaded versions' queues and the load added
+    up over all of them (`merge_views`)."""
 
     def __init__(self, parts: list[RemoteServing]) -> None:
         self._parts = parts

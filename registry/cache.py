@@ -53,7 +53,8 @@ class CachedStore:
             data = None
         if data is not None:
             if hashlib.sha256(data).hexdigest() == sha256:
-                os.utime(path)  # most recently read: evicted last
+                with contextlib.suppress(FileNotFoundError):  # evicted meanwhile by another process
+                    os.utime(path)  # most recently read: evicted last
                 with self._lock:
                     self.counts.hits += 1
                 return data
