@@ -485,8 +485,9 @@ async def test_two_inference_processes_share_the_requests_and_both_follow_a_prom
     # The move answered once both processes served v2 (the registry is not polled here), so no
     # request sent after it was answered by v1, whichever process ran it.
     assert {v for sent, v, _ in answers if sent > promoted} == {2}
-    # Both ran requests: an idle one spends a few ms a second on its reports.
-    assert min(used.values()) > 0.1, used
+    # Both ran requests: an idle one spends about 0.01 s of CPU in these 3 s on its reports; under
+    # load each spent 0.2-0.4 s here, and 0.14-0.21 s beside `stress-ng --cpu 2`.
+    assert min(used.values()) > 0.05, used
 
 
 async def test_sigkill_of_one_of_two_inference_processes_gives_only_200(tmp_path: Path) -> None:
