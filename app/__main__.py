@@ -12,7 +12,10 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             except GpuUnavailableError as exc:
                 _fail(str(exc), status=3)
     except ValidationError as exc:
-        _fail(_setting_error(settings_class=Settings, exc=exc))
+        _fail(_setting_error(Settings, exc))
     except ValueError as exc:
         _fail(str(exc))
     uvicorn.run(
@@ -97,12 +100,12 @@ def _workers(value: int | str) -> int:
     return workers
 
 
-def _setting_error(*, settings_class: type[Any], exc: Any) -> str:
+def _setting_error(settings_class: type[BaseModel], exc: ValidationError) -> str:
     """One line for the first invalid setting: its variable, and what it should be. A setting that
     takes one of several types (a number or "auto") fails once per type; their wants are joined."""
     errors = exc.errors()
     path: list[str] = []
-    model = settings_class
+    model: object = settings_class
     for part in errors[0]["loc"]:  # the fields, without the type names a union adds after them
         fields = getattr(model, "model_fields", {})
         if part not in fields:

@@ -103,13 +103,13 @@ class Settings(BaseSettings):
         description="the path prefix a reverse proxy serves this server under, e.g. /imgserve (the proxy strips "
         "it); the OpenAPI docs and the console at /ui use it",
     )
-    workers: int | Literal["auto"] = Field(
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         "auto",
         description="front-end processes (also --workers); auto: the CPUs this process may use (affinity and "
         "cgroup quota). With 2 or more, one inference process per device runs the models for all of them; "
         "with 1, the server is one process",
     )
-    inference_processes: int | Literal["auto"] = Field(
+    inference_processes: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         "auto",
         description="with several workers: inference processes, each with a copy of the served models; the front "
         "ends send each request to the least busy one. auto: one per GPU that CUDA may use (CUDA_VISIBLE_DEVICES, "
@@ -176,20 +176,6 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(
         default_factory=RegistrySettings, description="read from REGISTRY_* variables, as the CLI does"
     )
-
-    @field_validator("workers")
-    @classmethod
-    def _positive_workers(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("workers must be between 1 and 256, or auto")
-        return value
-
-    @field_validator("inference_processes")
-    @classmethod
-    def _positive_processes(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 64:
-            raise ValueError("inference_processes must be between 1 and 64, or auto")
-        return value
 
     @field_validator("models", mode="before")
     @classmethod

@@ -454,7 +454,11 @@ async def test_a_server_started_while_the_database_is_down_answers_503_not_404(t
     ("variable", "value", "says"),
     [
         ("SERVE_WORKERS", "two", "invalid setting SERVE_WORKERS: Input should be a valid integer"),
-        ("SERVE_INFERENCE_PROCESSES", "0", "invalid setting SERVE_INFERENCE_PROCESSES: Value error, inference_"),
+        (
+            "SERVE_INFERENCE_PROCESSES",
+            "0",
+            "invalid setting SERVE_INFERENCE_PROCESSES: Input should be greater than or equal to 1",
+        ),
         ("SERVE_BATCHING__MAX_BATCH_SIZE", "x", "invalid setting SERVE_BATCHING__MAX_BATCH_SIZE: Input should be"),
     ],
 )
