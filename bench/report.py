@@ -28,15 +28,23 @@ def _previous(results: dict[str, Any]) -> str:
     raise KeyError("previous")
 
 
+def _worker_counts(results: dict[str, Any]) -> list[int]:
+    """The worker counts S7 ran with one inference process (targets "w1", "w2", ...)."""
+    return [int(x["target"][1:]) for x in results["scenarios"] if x.get("scaling") and x["target"][1:].isdigit()]
+
+
 def _widest(results: dict[str, Any]) -> int | None:
     """The most workers S7 ran, when that is 16 or more (the wide-host targets); else None."""
-    counts = [int(x["target"][1:]) for x in results["scenarios"] if x.get("scaling") and x["target"][1:].isdigit()]
+    counts = _worker_counts(results)
     return max(counts) if counts and max(counts) >= 16 else None
+
+
+TWO_INFERENCE = " 2 inference"
 
 
 def two_inference(workers: int) -> str:
     """The S7 run at ``workers`` front ends with two inference processes (`SERVE_INFERENCE_PROCESSES=2`)."""
-    return f"w{workers} 2 inference"
+    return f"w{workers}{TWO_INFERENCE}"
 
 
 def _best_s4_wide(results: dict[str, Any]) -> float:
@@ -47,7 +55,7 @@ def _best_s4_wide(results: dict[str, Any]) -> float:
         if x.get("scaling")
         and x["name"].startswith("S4")
         and x["concurrency"] == 64
-        and x["target"].removesuffix(" 2 inference")[1:].isdigit()
+        and x["target"].removesuffix(TWO_INFERENCE)[1:].isdigit()
     ]
     if results.get("provider_requested") != "cuda" or not found:
         raise KeyError("S4 c=64 on CUDA")
@@ -69,8 +77,7 @@ def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
 
 def inference_processes_gain(results: dict[str, Any]) -> tuple[int, dict[str, float]]:
     """At the widest worker count: throughput with two inference processes over that with one, per scenario."""
-    counts = [int(x["target"][1:]) for x in results["scenarios"] if x.get("scaling") and x["target"][1:].isdigit()]
-    widest = max(counts, default=0)
+    widest = max(_worker_counts(results), default=0)
     out = {}
     for name, c in SCALED:
         try:
