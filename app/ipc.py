@@ -67,6 +67,7 @@ log = logging.getLogger("app.ipc")
 PUBLISH_EVERY_S = 0.2
 BEAT_EVERY_S = 0.5
 DEAD_AFTER_S = 3.0  # no view for this long: the inference process is taken as down
+ALIGN_EVERY_S = 0.5  # how often a leading front end compares its inference processes' aliases
 MAX_REDECODES = 3
 
 
@@ -789,6 +790,11 @@ class RemoteServing:
                 future.set_exception(_TimedOut())
 
     @property
+    def device(self) -> int:
+        """Which of the host's inference processes this one reaches."""
+        return self._device
+
+    @property
     def down(self) -> str | None:
         """Why the inference process cannot be reached now; None while it can."""
         return self._down
@@ -988,15 +994,28 @@ class Devices:
     one that is up (inference has no side effects), so a crash costs its clients time, not a 503.
     An admin move is followed by every process before it answers. The view is that of a process
     that is ready (else of one that is up), with the loaded versions' queues and the load added
-    up over all of them (`merge_views`)."""
+    up over all of them (`merge_views`).
 
-    def __init__(self, parts: list[RemoteServing]) -> None:
+    A move made elsewhere (the ops CLI) is seen by each process at its own poll, or when it
+    starts again after a crash. With ``lead`` (one front end of the host), the processes' alias
+    maps are compared every `ALIGN_EVERY_S`; when the ones that are up disagree about a model,
+    each is told to read the registry again, as after an admin move (`_align`). The host then
+    answers from two versions for about one load, not for up to a poll interval, or for good
+    when a restarted process read a move the others had not polled yet."""
+
+    def __init__(self, parts: list[RemoteServing], *, lead: bool = False) -> None:
         self._parts = parts
+        self._lead = lead
         self._merged: tuple[list[tuple[HostView | None, str | None]], HostView] | None = None
+        self._moving = 0  # admin moves in progress: the processes disagree on purpose meanwhile
+        self._told: dict[str, frozenset[tuple[tuple[str, int], ...]]] = {}  # model -> the disagreement acted on
+        self._aligning: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for part in self._parts:
             await part.start()
+        if self._lead:
+            self._aligning = asyncio.create_task(self._align_loop(), name="ipc-align")
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """Wait until every inference process has been heard from (the models load at the same
@@ -1005,7 +1024,49 @@ class Devices:
         return any(part.down is None for part in self._parts)
 
     async def close(self) -> None:
+        if self._aligning is not None:
+            self._aligning.cancel()
+            await asyncio.gather(self._aligning, return_exceptions=True)
         await asyncio.gather(*(part.close() for part in self._parts))
+
+    async def _align_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ALIGN_EVERY_S)
+            try:
+                await self._align()
+            except Exception:  # never let this stop the front end from serving
+                log.exception("could not compare the inference processes' aliases")
+
+    async def _align(self) -> None:
+        """Tell every process that is up to read the registry again for each model whose alias map
+        they disagree on, and wait until they have; once for each disagreement (a process that
+        still disagrees afterwards, say because the registry failed it, catches up at its poll)."""
+        if self._moving:
+            return
+        up = [part for part in self._parts if part.down is None and part._view is not None]
+        views = [part._view for part in up if part._view is not None and part._view.synced]
+        tells = []
+        for name in sorted({name for view in views for name in view.models}):
+            maps = frozenset(tuple(sorted(view.models[name].aliases.items())) for view in views if name in view.models)
+            if len(maps) < 2:
+                self._told.pop(name, None)
+                continue
+            if self._told.get(name) == maps:
+                continue
+            self._told[name] = maps
+            seen = " / ".join(", ".join(f"{alias}=v{version}" for alias, version in m) or "none" for m in sorted(maps))
+            log.info(
+                "inference processes disagree on the aliases of %s (%s): each reads the registry again", name, seen
+            )
+            tells += [self._tell(part, name) for part in up]
+        await asyncio.gather(*tells)
+
+    @staticmethod
+    async def _tell(part: RemoteServing, name: str) -> None:
+        try:
+            await part.moved(name)
+        except (ApiError, RegistryError) as exc:  # it goes on serving what it has and polls again
+            log.warning("inference process %d could not follow %s: %s", part.device, name, exc)
 
     def _pick(self, besides: RemoteServing | None = None) -> RemoteServing | None:
         """The ready process with the fewest requests waiting; else one that is up (a restarted
@@ -1044,7 +1105,11 @@ class Devices:
         not load the new target, its view is the answer: the admin call then reports its error and
         the version it still serves, not the others' success."""
         up = [part for part in self._parts if part.down is None] or self._parts[:1]
-        results = await asyncio.gather(*(part.moved(name) for part in up), return_exceptions=True)
+        self._moving += 1
+        try:
+            results = await asyncio.gather(*(part.moved(name) for part in up), return_exceptions=True)
+        finally:
+            self._moving -= 1
         views = []
         for part, result in zip(up, results, strict=True):
             if isinstance(result, HostView):

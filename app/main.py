@@ -256,7 +256,7 @@ async def _remote_serving(
         )
         for device in range(front_end.devices)
     ]
-    serving = parts[0] if len(parts) == 1 else Devices(parts)
+    serving = parts[0] if len(parts) == 1 else Devices(parts, lead=front_end.slot == 0)
 
     def host_inflight() -> tuple[int, int]:
         workers = serving.view().workers or {}

@@ -1,6 +1,7 @@
 """Which inference processes a multi-worker host starts (`app.cpus.inference_devices`), how a
-front end reports a host of several (`app.ipc.merge_views`), and how an admin move reaches them
-all (`app.ipc.Devices.moved`)."""
+front end reports a host of several (`app.ipc.merge_views`), how an admin move reaches them
+all (`app.ipc.Devices.moved`), and how they are brought back into step after a move made
+elsewhere (`Devices._align`)."""
 
 from __future__ import annotations
 
@@ -110,10 +111,12 @@ def test_the_host_is_not_ready_when_no_process_is_up() -> None:
 class Part:
     """Stands in for a `RemoteServing` to one inference process, for what `Devices.moved` uses."""
 
-    def __init__(self, view: HostView, after_move: HostView | None = None) -> None:
+    def __init__(self, view: HostView, after_move: HostView | None = None, device: int = 0) -> None:
         self._view: HostView | None = view
         self.after_move = after_move  # None: the process goes down during the move
         self.down: str | None = None
+        self.device = device
+        self.moves = 0  # how often it was told to follow a move
 
     @property
     def ready(self) -> bool:
@@ -126,6 +129,7 @@ class Part:
         return self._view if self.down is None else replace(self._view, inference_error=self.down)
 
     async def moved(self, name: str) -> HostView:
+        self.moves += 1
         await asyncio.sleep(0)
         if self.after_move is None:
             self.down = "the inference process restarted, retry"
@@ -142,7 +146,7 @@ def serving_v3(*, error: str | None = None, device: int = 0) -> HostView:
 
 
 def devices(*parts: Part) -> Devices:
-    return Devices(cast(list[RemoteServing], list(parts)))
+    return Devices(cast(list[RemoteServing], list(parts)), lead=True)
 
 
 async def test_a_move_answers_with_the_new_version_once_every_process_serves_it() -> None:
@@ -167,3 +171,37 @@ async def test_a_process_lost_during_a_move_is_left_to_load_it_when_back_but_all
     assert (answer.workers["inference"], answer.workers["inference_up"]) == ("degraded", [0])
     with pytest.raises(UnavailableError):
         await devices(Part(view(), None), Part(view(device=1), None)).moved("digits")
+
+
+async def test_processes_that_disagree_on_an_alias_are_each_told_to_read_the_registry_once() -> None:
+    """Process 1 started again after a move made with the ops CLI and serves v3; process 0 has
+    not polled since and serves v2."""
+    behind, restarted = Part(view(), serving_v3()), Part(serving_v3(device=1), serving_v3(device=1), device=1)
+    host = devices(behind, restarted)
+    await host._align()
+    assert (behind.moves, restarted.moves) == (1, 1)
+    assert host.view().models["digits"].current == 3
+    await host._align()  # in step now: nothing more to do
+    assert (behind.moves, restarted.moves) == (1, 1)
+
+
+async def test_a_disagreement_that_outlives_the_reread_is_left_to_the_poll_until_it_changes() -> None:
+    """Process 0 cannot read the registry now (its answer is its old view): it is not asked again
+    every half second for the same disagreement, but is when the aliases move once more."""
+    stuck, ahead = Part(view(), view()), Part(serving_v3(device=1), serving_v3(device=1), device=1)
+    host = devices(stuck, ahead)
+    await host._align()
+    await host._align()
+    assert (stuck.moves, ahead.moves) == (1, 1)
+    v4 = replace(serving_v3(device=1), models={"digits": ModelView("digits", 4, {"production": 4}, None, {})})
+    ahead._view = ahead.after_move = v4
+    await host._align()
+    assert (stuck.moves, ahead.moves) == (2, 2)
+
+
+async def test_a_process_that_is_down_is_neither_compared_nor_told() -> None:
+    down = Part(view(), serving_v3())
+    down.down = "the inference process restarted, retry"
+    up = Part(serving_v3(device=1), serving_v3(device=1), device=1)
+    await devices(down, up)._align()
+    assert (down.moves, up.moves) == (0, 0)

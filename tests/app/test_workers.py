@@ -530,3 +530,34 @@ async def test_sigkill_of_one_of_two_inference_processes_gives_only_200(tmp_path
     assert others == []
     assert len(statuses) > served_before
     assert "inference-0 exited" in log  # the supervisor saw it, and started it again
+
+
+async def test_a_move_made_outside_the_server_reaches_every_inference_process_without_a_poll(tmp_path: Path) -> None:
+    """The registry is polled once an hour here. After a move made with the ops CLI, inference
+    process 1 starts again (as after a crash) and reads it; process 0 has not polled since. Only
+    the front ends comparing the two processes' aliases can make process 0 follow: without that,
+    the host would answer from v1 and v2 for the rest of the hour."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_INFERENCE_PROCESSES="2", SERVE_POLL_INTERVAL_S="3600")
+    with server_process(env, workers=2, log_level="info") as server:
+        with backend.registry() as reg:  # what `python -m registry promote colors 2` does
+            reg.promote(name="colors", version=2)
+        before = children(server, "inference")
+        os.kill(before[1], signal.SIGKILL)
+        killed = time.monotonic()
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:  # until process 1 is back and both have followed the move
+                now = children(server, "inference")
+                workers = (await client.get(f"{server.url}/readyz")).json()["workers"]
+                model = (await client.get(f"{server.url}/v1/models/colors")).json()
+                current = sorted(v["version"] for v in model["loaded"] if v["role"] == "current")
+                if before[1] not in now and len(now) == 2 and workers["inference"] == "up" and current == [2]:
+                    break
+                assert time.monotonic() - killed < 30, f"still serving {current} (processes {now}): {workers}"
+                await asyncio.sleep(0.1)
+            # Requests in a row all go to process 0 (the tie goes to the first), which now runs v2.
+            answers = [(await post_red(client, server)).json() for _ in range(5)]
+        log = server.log_text()
+    print(f"both processes serve v2 {time.monotonic() - killed:.2f} s after the restart began")
+    assert [(a["version"], a["predictions"][0]["label"]) for a in answers] == [(2, "green")] * 5
+    assert "disagree on the aliases of colors" in log
