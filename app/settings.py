@@ -19,7 +19,13 @@ from registry.settings import RegistrySettings
 
 class BatchingSettings(BaseModel):
     max_batch_size: int = Field(32, ge=1, le=1024, description="rows per ONNX Runtime call")
-    max_batch_delay_ms: float = Field(2.0, ge=0, le=1000, description="wait after the first row for more")
+    max_batch_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="longest wait after the first row for more; a batch never waits longer than batches have "
+        "been taking to run",
+    )
     max_queue_rows: int = Field(256, ge=1, description="rows waiting per version before 503")
     max_concurrent_batches: int = Field(
         2,

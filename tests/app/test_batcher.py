@@ -241,10 +241,21 @@ def test_a_lone_request_is_flushed_by_the_deadline_under_uvloop() -> None:
 
 
 async def test_no_waiting_when_nobody_else_can_join(executor) -> None:
+    clock = FakeClock()
     rec = Recorder()
+
+    def slow_model(batch: np.ndarray) -> np.ndarray:
+        clock.advance(2 * LONG)  # batches take longer than the delay, so waiting is worth it
+        return rec(batch)
+
     in_flight = 1  # only the request already queued
     b = Batcher(
-        rec, executor=executor, max_batch_size=32, max_batch_delay_s=LONG, can_grow=lambda queued: in_flight > queued
+        slow_model,
+        executor=executor,
+        max_batch_size=32,
+        max_batch_delay_s=LONG,
+        can_grow=lambda queued: in_flight > queued,
+        clock=clock,
     )
     b.start()
     assert (await asyncio.wait_for(b.submit(rows(3)), 5)).tolist() == [[30]]  # not held for the 60 s delay
@@ -255,6 +266,24 @@ async def test_no_waiting_when_nobody_else_can_join(executor) -> None:
     second = asyncio.ensure_future(b.submit(rows(2)))
     await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert rec.batches == [[3], [1, 2]]
+    await b.close()
+
+
+async def test_a_partial_batch_waits_for_company_no_longer_than_batches_take_to_run(executor) -> None:
+    """Someone else is always in flight (a closed loop of clients), and the delay is a minute: once
+    batches are known to take 50 ms, a partial batch leaves after waiting about that long. A row
+    that arrives later waits at most one run for the next batch."""
+
+    def fifty_ms_model(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return batch * 10
+
+    b = Batcher(fifty_ms_model, executor=executor, max_batch_size=2, max_batch_delay_s=LONG, can_grow=lambda _: True)
+    b.start()
+    await asyncio.wait_for(asyncio.gather(b.submit(rows(1)), b.submit(rows(2))), 5)  # full: runs at once
+    sent = time.perf_counter()
+    assert (await asyncio.wait_for(b.submit(rows(3)), 5)).tolist() == [[30]]  # not held for the minute
+    assert time.perf_counter() - sent >= 0.05 + 0.04  # it waited for company (about one run), then ran
     await b.close()
 
 
