@@ -1043,8 +1043,8 @@ class Devices:
         still disagrees afterwards, say because the registry failed it, catches up at its poll)."""
         if self._moving:
             return
-        up = [part for part in self._parts if part.down is None and part._view is not None]
-        views = [part._view for part in up if part._view is not None and part._view.synced]
+        up = [part for part in self._parts if part.down is None]  # up: a view has come
+        views = [view for part in up if (view := part._view) is not None and view.synced]
         tells = []
         for name in sorted({name for view in views for name in view.models}):
             maps = frozenset(tuple(sorted(view.models[name].aliases.items())) for view in views if name in view.models)
