@@ -70,6 +70,8 @@ class Child:
 
 
 FRONT_END_INLINE_PIXELS = 256 * 256  # a front end decodes a request this size on its loop
+MALLOC_MMAP_THRESHOLD_BYTES = 32 << 20
+MALLOC_TRIM_THRESHOLD_BYTES = 64 << 20
 
 
 def thread_budget(
@@ -96,6 +98,28 @@ def thread_budget(
     if "SERVE_DECODE_INLINE_PIXELS" not in environ and workers >= cpus:
         front_end["SERVE_DECODE_INLINE_PIXELS"] = str(FRONT_END_INLINE_PIXELS)
     return front_end, inference
+
+
+def allocator_env(environ: dict[str, str]) -> dict[str, str]:
+    """glibc malloc settings every process of the host starts with, unless the operator set their own.
+
+    Image rows cross between the processes in buffers of 100 KB to a few MB, one per message,
+    allocated as it arrives and freed once its batch has run. By default glibc gives memory that
+    large back to the kernel when it is freed (an munmap, or a trim of its heap's top), so every
+    new buffer was paid for again in page faults: about 7 a request of 8 images (S4) in the
+    inference process, where receiving such messages then cost about 1.4 times the CPU
+    (docs/performance.md). With allocations up to 32 MB served from the heap, and up to 64 MB
+    of free heap kept, the buffers are reused; the cost is memory a process keeps after a peak.
+    Other C libraries ignore these variables. An operator's own `MALLOC_MMAP_THRESHOLD_`,
+    `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` malloc settings are kept, and then none of these
+    is added (either one alone keeps the faults)."""
+    own = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & environ.keys()
+    if own or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return {}
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(MALLOC_TRIM_THRESHOLD_BYTES),
+    }
 
 
 class Supervisor:
@@ -140,13 +164,14 @@ class Supervisor:
         front_env, inference_env = thread_budget(
             self.cpus, self.workers, dict(os.environ), cpu_inference=self.devices.count(None)
         )
+        allocator = allocator_env(dict(os.environ))
         devices = ["--devices", str(len(self.devices))]
         inference = [
             Child(
                 "inference",
                 device,
                 [*base, "inference", *common, "--frontends", str(self.workers), "--device", str(device), *devices],
-                extra={**inference_env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
+                extra={**allocator, **inference_env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})},
             )
             for device, gpu in enumerate(self.devices)
         ]
@@ -155,7 +180,7 @@ class Supervisor:
                 "frontend",
                 slot,
                 [*base, "frontend", *common, "--slot", str(slot), *devices],
-                extra=front_env,
+                extra={**allocator, **front_env},
                 listener=listeners[slot],
             )
             for slot in range(self.workers)
@@ -172,7 +197,7 @@ class Supervisor:
             "process" if len(self.devices) == 1 else "processes",
             self.cpus,
             f"; GPUs {', '.join(gpus)}" if gpus else "",
-            ", ".join(f"{k}={v}" for k, v in {**front_env, **inference_env}.items()) or "threads as configured",
+            ", ".join(f"{k}={v}" for k, v in {**front_env, **inference_env, **allocator}.items()) or "as configured",
         )
         status = 0
         try:

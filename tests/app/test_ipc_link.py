@@ -7,8 +7,12 @@ place, and what one turn of the event loop sends leaving in one write (over real
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import random
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,7 +20,9 @@ import orjson
 import pytest
 
 from app import ipc
+from app.host import allocator_env
 from app.ipc import LENGTHS, Link
+from tests.server import ROOT
 
 
 def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -138,3 +144,55 @@ async def test_closing_writes_what_was_sent_first() -> None:
     assert not link.send({"id": 2})  # a closed link takes nothing more
     await asyncio.sleep(0)
     assert len(transport.writes) == 1
+
+
+# Receives image batches of 1 to 4 requests of 8 rows through a Link, keeping the last 8 alive as the
+# batcher's queue would, and prints the page faults per message over the second half (the first
+# half grows the heap to its working size).
+RECEIVER = """
+import asyncio, collections, random, resource, socket, sys, threading
+import numpy as np, orjson, uvloop
+from app.host import allocator_env
+from app.ipc import LENGTHS, Link
+from tests.server import ROOT
+
+MESSAGES, ROWS = int(sys.argv[1]), 8 * 64 * 64 * 3
+
+def send(sock):
+    payloads, sizes = [bytes(k * ROWS) for k in (1, 2, 3, 4)], random.Random(0)
+    with sock:
+        for i in range(MESSAGES):
+            header, payload = orjson.dumps({"id": i}), sizes.choice(payloads)
+            sock.sendall(LENGTHS.pack(len(header), len(payload)) + header + payload)
+
+async def main():
+    mine, theirs = socket.socketpair()
+    kept, half, closed = collections.deque(maxlen=8), [], asyncio.Event()
+    def on_message(link, header, payload):
+        kept.append(np.frombuffer(payload, np.uint8))
+        if header["id"] == MESSAGES // 2:
+            half.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    loop = asyncio.get_running_loop()
+    await loop.create_unix_connection(lambda: Link(on_message, lambda _: closed.set()), sock=mine)
+    threading.Thread(target=send, args=(theirs,)).start()
+    await closed.wait()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - half[0]) / (MESSAGES - MESSAGES // 2))
+
+uvloop.run(main())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
+def test_image_batches_arriving_one_after_another_reuse_memory_instead_of_faulting_it_in() -> None:
+    """With the allocator settings every process of a host starts with (`app.host.allocator_env`),
+    receiving costs no page faults once the heap has grown. With glibc's defaults, freed buffers go
+    back to the kernel: 1.4-2.9 faults a message here, about 7 a request of 8 images in a host
+    under load."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    environ.update(allocator_env(environ))
+    done = subprocess.run(
+        [sys.executable, "-c", RECEIVER, "1000"], env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    faults = float(done.stdout)
+    assert faults < 0.5, f"{faults:.2f} page faults a message"

@@ -1,8 +1,8 @@
-"""The threads and decoding settings a multi-worker host gives its processes (`app.host.thread_budget`)."""
+"""The threads, decoding and allocator settings a multi-worker host gives its processes (`app.host`)."""
 
 from __future__ import annotations
 
-from app.host import FRONT_END_INLINE_PIXELS, thread_budget
+from app.host import FRONT_END_INLINE_PIXELS, allocator_env, thread_budget
 
 
 def test_front_ends_with_a_core_each_decode_small_requests_on_their_loop_and_photos_in_threads() -> None:
@@ -28,3 +28,17 @@ def test_inference_processes_on_the_cpu_split_the_cores_between_them() -> None:
     assert inference == {"SERVE_INTRA_OP_THREADS": "8"}
     _, inference = thread_budget(cpus=16, workers=16, environ={"SERVE_INTRA_OP_THREADS": "4"}, cpu_inference=2)
     assert inference == {}  # the operator's
+
+
+def test_every_process_keeps_freed_image_buffers_for_reuse_unless_the_operator_tuned_malloc() -> None:
+    assert allocator_env({}) == {
+        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+        "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+    }
+    assert allocator_env({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}) != {}  # not about malloc
+    for own in (
+        {"MALLOC_TRIM_THRESHOLD_": "0"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
+    ):
+        assert allocator_env(own) == {}, own  # theirs as given: one of ours beside it would change what it does

@@ -326,6 +326,24 @@ async def test_only_the_inference_process_loads_onnx_runtime(tmp_path: Path) -> 
             assert "onnxruntime" not in loaded_libraries(pid), f"process {pid} loaded ONNX Runtime"
 
 
+def test_every_process_of_the_host_starts_with_the_allocator_settings(tmp_path: Path) -> None:
+    """Image buffers are reused rather than faulted in again (`app.host.allocator_env`), in the
+    inference process and the front ends alike. (An operator's own settings: test_thread_budget.py.)"""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    environ = {k: v for k, v in env_for(backend).items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    with server_process(environ, workers=2) as server:
+        pids = [*children(server, "inference"), *children(server, "frontend")]
+        assert len(pids) == 3
+        for pid in pids:
+            variables = dict(
+                entry.split(b"=", 1)
+                for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if b"=" in entry
+            )
+            assert variables[b"MALLOC_MMAP_THRESHOLD_"] == str(32 << 20).encode()
+            assert variables[b"MALLOC_TRIM_THRESHOLD_"] == str(64 << 20).encode()
+
+
 def test_a_second_host_on_the_same_port_is_refused_not_let_in_beside_the_first(tmp_path: Path) -> None:
     """The front ends share the port with SO_REUSEPORT; another server started on it by mistake must
     not quietly take half of the connections."""
