@@ -70,8 +70,37 @@ class Child:
 
 
 FRONT_END_INLINE_PIXELS = 256 * 256  # a front end decodes a request this size on its loop
+# A unix socket's path holds at most 107 bytes on Linux and 103 on macOS and the BSDs (sun_path,
+# less its closing NUL).
+SOCKET_PATH_MAX = 103
 MALLOC_MMAP_THRESHOLD_BYTES = 32 << 20
 MALLOC_TRIM_THRESHOLD_BYTES = 64 << 20
+
+
+def socket_path(run_dir: Path, device: int = 0) -> str:
+    """Where inference process ``device`` listens for the front ends."""
+    return str(run_dir / f"inference-{device}.sock")
+
+
+def make_run_dir(devices: int, parents: tuple[str | None, ...] = (None, "/tmp")) -> Path:  # noqa: S108 - mkdtemp: private
+    """A new private directory (mode 0700) for the host's unix sockets and metric files, made in the
+    first of ``parents`` (None: the temp directory, `TMPDIR`) where the sockets' paths fit.
+
+    A deep `TMPDIR` (a CI workspace, macOS's /var/folders/...) would leave the inference process
+    unable to listen; /tmp is then used instead. OSError, with a message saying so, when no parent
+    will do."""
+    tried = []
+    for parent in parents:
+        run_dir = Path(tempfile.mkdtemp(prefix="imgserve-", dir=parent))
+        longest = socket_path(run_dir, devices - 1)
+        if len(os.fsencode(longest)) <= SOCKET_PATH_MAX:
+            return run_dir
+        run_dir.rmdir()
+        tried.append(str(run_dir.parent))
+    raise OSError(
+        f"no directory for the inference sockets: a unix socket's path may have at most {SOCKET_PATH_MAX} bytes, "
+        f"and under {' or '.join(tried)} it would have more; set TMPDIR to a shorter directory"
+    )
 
 
 def thread_budget(
@@ -157,8 +186,15 @@ class Supervisor:
         except OSError as exc:
             print(f"imgserve: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        run_dir = Path(tempfile.mkdtemp(prefix="imgserve-"))
-        (run_dir / "metrics").mkdir()
+        try:
+            run_dir = make_run_dir(len(self.devices))
+            (run_dir / "metrics").mkdir()
+        except OSError as exc:
+            print(f"imgserve: {exc}", file=sys.stderr)
+            for listener in [self._shared, *listeners]:
+                if listener is not None:
+                    listener.close()
+            return 1
         base = [sys.executable, "-m", "app.host"]
         common = ["--run-dir", str(run_dir), "--log-level", self.log_level]
         front_env, inference_env = thread_budget(
@@ -368,7 +404,11 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
             loader_executor=loader_executor,
         ) as serving:
             endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device, devices=devices)
-            await endpoint.start()  # the front ends hear from it while the models load
+            try:
+                await endpoint.start()  # the front ends hear from it while the models load
+            except OSError as exc:  # it would fail the same way again: stop the host
+                log.error("cannot listen for the front ends on %s: %s", socket_path(run_dir, device), exc)
+                return FATAL
             try:
                 await serving.manager.start()
             except GpuUnavailableError as exc:

@@ -52,6 +52,7 @@ import orjson
 
 from app.disconnect import CancelOnHangup
 from app.errors import REGISTRY_STATUS, ApiError, UnavailableError
+from app.host import socket_path
 from app.limits import InflightCounter
 from app.serving import HostView, LocalServing, ModelView, Prepare, ServedVersion, batch_error
 from core.contract import ModelContract
@@ -75,11 +76,6 @@ RECONNECT_EVERY_S = 0.1
 LENGTHS = struct.Struct("<IQ")  # a message: header bytes, payload bytes, then the two
 STAGING_BYTES = 1 << 18  # read at once from the socket, for headers and small payloads
 LARGE_PAYLOAD_BYTES = 1 << 15  # payloads from this size are read in place, not through the staging buffer
-
-
-def socket_path(run_dir: Path, device: int = 0) -> str:
-    """Where inference process ``device`` listens."""
-    return str(run_dir / f"inference-{device}.sock")
 
 
 class Link(asyncio.BufferedProtocol):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from app.errors import UnavailableError
-from app.ipc import Link, RemoteServing, socket_path
+from app.host import socket_path
+from app.ipc import Link, RemoteServing
 from app.limits import InflightCounter
 
 

@@ -344,6 +344,18 @@ def test_every_process_of_the_host_starts_with_the_allocator_settings(tmp_path: 
             assert variables[b"MALLOC_TRIM_THRESHOLD_"] == str(64 << 20).encode()
 
 
+async def test_a_host_whose_temp_directory_is_too_deep_for_unix_sockets_still_serves(tmp_path: Path) -> None:
+    """A unix socket's path has at most ~100 bytes; under a deep TMPDIR the host puts its sockets in /tmp."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    with server_process({**env_for(backend), "TMPDIR": str(deep)}, workers=2) as server:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await post_red(client, server)
+            assert response.status_code == 200, response.text
+        assert server.proc.poll() is None
+
+
 def test_a_second_host_on_the_same_port_is_refused_not_let_in_beside_the_first(tmp_path: Path) -> None:
     """The front ends share the port with SO_REUSEPORT; another server started on it by mistake must
     not quietly take half of the connections."""
