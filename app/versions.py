@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from app.backend import InferenceBackend
+from app.backend import CUDA, InferenceBackend
 from app.batcher import Batcher
 from app.errors import BadRequestError, NotFoundError
 from app.metrics import Metrics
@@ -124,6 +124,7 @@ class VersionLoader:
             on_drop=self._metrics.dropped.labels(name).inc,
             max_concurrent_batches=b.max_concurrent_batches,
             inline_below_s=b.inline_below_ms / 1000,
+            join_while_running=CUDA not in backend.providers,  # on a GPU the event loop is the limit
             name=f"{name} v{version}",
         )
         batcher.start()

@@ -364,9 +364,11 @@ class RecordingPool(ThreadPoolExecutor):
     def __init__(self, threads: int = 2) -> None:
         super().__init__(threads)
         self.handed: list[int] = []
+        self.calls: list[list[tuple[int, ...]]] = []  # the shape of each part handed over
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
-        self.handed.append(len(args[0]))  # the batch's parts, one per request
+        self.handed.append(sum(len(part) for part in args[0]))  # the batch's rows, joined or not yet
+        self.calls.append([part.shape for part in args[0]])
         return super().submit(fn, *args, **kwargs)
 
 
@@ -575,3 +577,62 @@ async def test_rows_taken_out_of_a_queued_submission_are_not_run(executor) -> No
     assert rec.batches == [[1, 4]]
     assert not b.drop_rows(future, 0, 1)  # ran: nothing to take out any more
     await b.close()
+
+
+async def test_rows_that_do_not_fit_together_fail_their_batch_and_the_batcher_goes_on(executor) -> None:
+    rec = Recorder()
+    b = await make(rec, executor, max_batch_size=2, max_batch_delay_s=LONG)
+    results = await asyncio.gather(b.submit(rows(1)), b.submit(np.zeros((1, 2))), return_exceptions=True)
+    assert all(isinstance(r, InferenceError) for r in results), results
+    assert rec.batches == []  # the model never saw them
+    ok = await asyncio.gather(b.submit(rows(3)), b.submit(rows(4)))
+    assert [r.tolist() for r in ok] == [[[30]], [[40]]]
+    await b.close()
+
+
+async def test_a_batch_handed_over_while_another_runs_is_joined_before_the_thread_takes_it() -> None:
+    """The copy overlaps the running batch; rows that do not fit together fail there, and only their callers."""
+    pool = RecordingPool(threads=1)
+    rec = Recorder()
+    rec.gate.clear()
+    b = Batcher(rec, executor=pool, max_batch_size=2, max_batch_delay_s=LONG, max_concurrent_batches=2)
+    b.start()
+    first = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
+    await until(lambda: rec.started == 1)  # held in the model
+    misfits = await asyncio.wait_for(
+        asyncio.gather(b.submit(rows(5)), b.submit(np.zeros((1, 2))), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, InferenceError) for r in misfits), misfits
+    assert len(pool.handed) == 1  # they never reached the thread
+    second = [asyncio.ensure_future(b.submit(rows(i))) for i in (3, 4)]
+    await until(lambda: len(pool.handed) == 2)
+    assert pool.calls[1] == [(2, 1)]  # one array of both rows: joined on the loop while the first ran
+    assert rec.started == 1
+    rec.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*first, *second), 5)
+    assert [r.tolist() for r in results] == [[[10]], [[20]], [[30]], [[40]]]
+    await b.close()
+    pool.shutdown()
+
+
+async def test_without_joining_while_running_the_thread_gets_the_rows_as_they_came() -> None:
+    pool = RecordingPool(threads=1)
+    rec = Recorder()
+    rec.gate.clear()
+    b = Batcher(
+        rec,
+        executor=pool,
+        max_batch_size=2,
+        max_batch_delay_s=LONG,
+        max_concurrent_batches=2,
+        join_while_running=False,
+    )
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(rows(i))) for i in range(4)]
+    await until(lambda: len(pool.handed) == 2)
+    assert pool.calls[1] == [(1, 1), (1, 1)]  # joined by the thread, after the first batch's run
+    rec.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    assert [r.tolist() for r in results] == [[[0]], [[10]], [[20]], [[30]]]
+    await b.close()
+    pool.shutdown()

@@ -187,3 +187,32 @@ async def test_a_version_whose_warm_up_answers_the_wrong_shape_is_not_loaded(bac
         with pytest.raises(ValueError, match="warm-up returned shape"):
             await loader.load("colors", 1)
     assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("providers", "joins"),
+    [(["CPUExecutionProvider"], True), (["CUDAExecutionProvider", "CPUExecutionProvider"], False)],
+)
+async def test_rows_are_joined_on_the_loop_while_a_batch_runs_on_the_cpu_but_not_on_a_gpu(
+    backend: Backend, tmp_path: Path, providers: list[str], joins: bool
+) -> None:
+    """On a GPU the event loop is what limits the host, so the copy stays in the inference thread."""
+    with backend.registry() as reg:
+        reg.register(name="colors", onnx_path=color_classifier(tmp_path / "m.onnx"), metadata=color_metadata())
+
+    class Session:
+        def __init__(self) -> None:
+            self.providers = providers
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            return np.zeros((len(batch), 3), dtype=np.float32)
+
+        def close(self) -> None:
+            pass
+
+    async with loader_for(backend, lambda data, info: Session()) as loader:
+        loaded = await loader.load("colors", 1)
+        try:
+            assert loaded.batcher.join_while_running is joins
+        finally:
+            await loaded.retire()
