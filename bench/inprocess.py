@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-from app.backend import OrtBackend
+from app.backend import CUDA, OrtBackend
 from app.batcher import Batcher
 from app.settings import Settings
 from registry import ModelContract
@@ -120,6 +120,7 @@ def batcher_throughput(
                 executor=pool,
                 on_batch=lambda s: sizes.append(s.rows),
                 max_concurrent_batches=batching.max_concurrent_batches,
+                join_while_running=CUDA not in backend.providers,  # as the server's
             )
             batcher.start()
             remaining = 0
