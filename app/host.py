@@ -136,7 +136,7 @@ def allocator_env(environ: dict[str, str]) -> dict[str, str]:
     allocated as it arrives and freed once its batch has run. By default glibc gives memory that
     large back to the kernel when it is freed (an munmap, or a trim of its heap's top), so every
     new buffer was paid for again in page faults: about 7 a request of 8 images (S4) in the
-    inference process, where receiving such messages then cost about 1.4 times the CPU
+    inference process, where receiving such messages then cost about 1.6 times the CPU
     (docs/performance.md). With allocations up to 32 MB served from the heap, and up to 64 MB
     of free heap kept, the buffers are reused; the cost is memory a process keeps after a peak.
     Other C libraries ignore these variables. An operator's own `MALLOC_MMAP_THRESHOLD_`,
