@@ -308,20 +308,18 @@ class Batcher:
         loop = self._loop
         done: asyncio.Future[None] = loop.create_future()
         parts = [item.rows for item in batch]
-        if len(parts) > 1 and self._running and self.join_while_running:
-            # A batch runs (ONNX Runtime lets go of the GIL): the rows are joined here meanwhile, not
-            # by the inference thread once that run ends, where the copy stands between the two
-            # runs. With the model idle, the thread joins them: the copy would wait for nothing.
+        # A batch runs (ONNX Runtime lets go of the GIL): the rows are joined here meanwhile, not by
+        # the inference thread once that run ends, where the copy stands between the two runs. With
+        # the model idle, the thread joins them: the copy would wait for nothing.
+        join_here = len(parts) > 1 and bool(self._running) and self.join_while_running
+        self._running.add(done)
+        started = self._clock()
+        if join_here:
             try:
                 parts = [np.concatenate(parts)]
             except Exception as exc:  # rows that do not fit together: their callers fail, not the loop
-                unjoined: Future[_Run] = Future()
-                unjoined.set_exception(exc)
-                self._running.add(done)
-                loop.call_soon(self._finish, batch, self._clock(), done, unjoined)
+                self._fail_soon(batch, started, done, exc)
                 return
-        self._running.add(done)
-        started = self._clock()
         if inline:
             ran: Future[_Run] = Future()
             try:
@@ -333,11 +331,16 @@ class Batcher:
         try:
             work = self._executor.submit(self._timed_run, parts)
         except RuntimeError as exc:  # the executor is shut down
-            failed: Future[_Run] = Future()
-            failed.set_exception(exc)
-            loop.call_soon(self._finish, batch, started, done, failed)
+            self._fail_soon(batch, started, done, exc)
             return
         work.add_done_callback(lambda work: loop.call_soon_threadsafe(self._finish, batch, started, done, work))
+
+    def _fail_soon(self, batch: list[_Pending], started: float, done: asyncio.Future[None], exc: Exception) -> None:
+        """``batch`` never reached the model: its callers get ``exc`` on the next turn of the loop."""
+        assert self._loop is not None
+        failed: Future[_Run] = Future()
+        failed.set_exception(exc)
+        self._loop.call_soon(self._finish, batch, started, done, failed)
 
     def _lone_row_may_run_inline(self) -> bool:
         """Whether the queue's next batch is one row that may run on the event loop: see ``inline_below_s``."""

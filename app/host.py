@@ -177,6 +177,12 @@ class Supervisor:
 
     def run(self) -> int:
         try:
+            run_dir = make_run_dir(len(self.devices))
+            (run_dir / "metrics").mkdir()
+        except OSError as exc:
+            print(f"imgserve: {exc}", file=sys.stderr)
+            return 1
+        try:
             self.port = _claim(self.host, self.port)
             listeners: list[socket.socket | None] = [None] * self.workers
             if REUSE_PORT:
@@ -185,15 +191,7 @@ class Supervisor:
                 self._shared = _listen(self.host, self.port)
         except OSError as exc:
             print(f"imgserve: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        try:
-            run_dir = make_run_dir(len(self.devices))
-            (run_dir / "metrics").mkdir()
-        except OSError as exc:
-            print(f"imgserve: {exc}", file=sys.stderr)
-            for listener in [self._shared, *listeners]:
-                if listener is not None:
-                    listener.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
             return 1
         base = [sys.executable, "-m", "app.host"]
         common = ["--run-dir", str(run_dir), "--log-level", self.log_level]
