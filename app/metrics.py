@@ -123,7 +123,7 @@ class Metrics:
     def use_multiprocess(self, directory: Path, collector: Collector) -> None:
         """Render the host's metrics: every process's files in ``directory``, plus ``collector``."""
         render = CollectorRegistry(auto_describe=True)
-        MultiProcessCollector(render, path=str(directory))  # type: ignore[no-untyped-call]
+        render.register(HostFilesCollector(directory))
         render.register(collector)
         self._render_registry = render
 
@@ -136,6 +136,35 @@ def count_in_files(directory: Path, identity: str) -> None:
     Call it before the first `Metrics` is made."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     values.ValueClass = values.MultiProcessValue(lambda: identity)  # type: ignore[no-untyped-call]
+
+
+class HostFilesCollector(Collector):
+    """The host's metrics from every process's file in ``directory``, added up.
+
+    prometheus_client's own `MultiProcessCollector` fails the whole scrape on a file another
+    process has just created and not yet sized (it exists at 0 bytes for a moment: MmapedDict
+    opens, then truncates), and it reads every file once when it is registered. A front end that
+    started while another process made its file failed to start, and stopped the host with it
+    (prometheus/client_python#1199). Here a file with no header yet counts as one with nothing in
+    it, and nothing is read before the first scrape."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # no names to claim, and no reading at registration
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(path) for path in self._directory.glob("*.db") if _sized(path)]
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def _sized(path: Path) -> bool:
+    """Past the moment between its creation and its sizing (a file only grows from then on)."""
+    try:
+        return path.stat().st_size >= 8  # the header: bytes used, and padding
+    except FileNotFoundError:
+        return False
 
 
 class StateCollector(Collector):
