@@ -83,6 +83,8 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
         if s["target"] == "server":
             assert s["mean_batch_size"] >= 1, s
             assert s["server_cpu_cores"] >= 0, s  # /proc ticks are 10 ms: a smoke run may see none
+        if "inference_loop_cpu_us_per_request" in s:  # read in nanoseconds: even a smoke run's is seen
+            assert s["inference_loop_cpu_us_per_request"] > 0, s
         if s["name"] != "S5 overload png raw":
             assert s["non_200"] == 0, s
     slow = {s["target"]: s for s in scenarios if s["name"] == "S6 beside slow clients"}
