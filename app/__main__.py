@@ -2,8 +2,8 @@
 
 The server's libraries are imported after the arguments are parsed, so `--help` answers at once.
 A configuration that cannot work (a malformed setting, a placeholder token) ends the process
-with one line on stderr and exit status 2; a required GPU that ONNX Runtime cannot use, with
-status 3.
+with one line on stderr and exit status 2; an address it cannot listen on (a port in use), with
+status 1; a required GPU that ONNX Runtime cannot use, with status 3.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        _fail(f"invalid --port {args.port}: a number from 0 to 65535")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))  # its plugin chatter
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(supervisor.run())
         import uvicorn
 
+        from app.host import FATAL, cannot_listen, listen
         from app.main import create_app
         from app.protocol import protocol_with
 
@@ -73,7 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(_setting_error(Settings, exc))
     except ValueError as exc:
         _fail(str(exc))
-    uvicorn.run(
+    try:  # bound here, before the models load, so that a port in use is one line, as with workers
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        _fail(cannot_listen(settings.host, settings.port, exc), status=1)
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -84,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         http=protocol_with(settings.limits.header_timeout_s),
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
+    server = uvicorn.Server(config)
+    logging.getLogger("app").info("serving on http://%s:%d with one process", settings.host, sock.getsockname()[1])
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed: uvicorn.run's status
+        sys.exit(FATAL)
 
 
 def _workers(value: int | str) -> int:

@@ -186,11 +186,11 @@ class Supervisor:
             self.port = _claim(self.host, self.port)
             listeners: list[socket.socket | None] = [None] * self.workers
             if REUSE_PORT:
-                listeners = [_listen(self.host, self.port, reuse_port=True) for _ in range(self.workers)]
+                listeners = [listen(self.host, self.port, reuse_port=True) for _ in range(self.workers)]
             else:
-                self._shared = _listen(self.host, self.port)
+                self._shared = listen(self.host, self.port)
         except OSError as exc:
-            print(f"imgserve: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"imgserve: {cannot_listen(self.host, self.port, exc)}", file=sys.stderr)
             shutil.rmtree(run_dir, ignore_errors=True)
             return 1
         base = [sys.executable, "-m", "app.host"]
@@ -269,7 +269,7 @@ class Supervisor:
             listener = self._shared or child.listener
             if listener is None:  # a restart: the socket closed with the process that died
                 try:
-                    listener = child.listener = _listen(self.host, self.port, reuse_port=True)
+                    listener = child.listener = listen(self.host, self.port, reuse_port=True)
                 except OSError as exc:  # the port was taken meanwhile: try again at the next restart
                     log.error("%s cannot listen on port %d: %s", child.name, self.port, exc.strerror or exc)
                     child.restart_at = time.monotonic() + child.delay
@@ -340,7 +340,8 @@ def _claim(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
-def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``, inheritable by the processes this one starts."""
     sock = _socket(host)
     try:
         if reuse_port:
@@ -352,6 +353,10 @@ def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 # -- the processes it starts -------------------------------------------------------------------------

@@ -470,3 +470,16 @@ def test_an_invalid_setting_stops_the_server_with_one_line_naming_its_variable(
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"imgserve: {says}"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_stops_the_server_with_one_line(port: str, workers: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--port", port, "--workers", workers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == f"imgserve: invalid --port {port}: a number from 0 to 65535\n"
