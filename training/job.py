@@ -73,6 +73,8 @@ class JobResult:
 
 def run(config: TrainConfig, *, registry: Registry | None = None) -> JobResult:
     started = time.monotonic()
+    if config.register:
+        _check_registry(config, registry)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = config.runs_dir / f"{stamp}-{config.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,27 @@ def run(config: TrainConfig, *, registry: Registry | None = None) -> JobResult:
             f"held-out accuracy {accuracy:.4f} < --min-accuracy {config.min_accuracy}"
         )
     return result
+
+
+def _check_registry(config: TrainConfig, registry: Registry | None) -> None:
+    """What would only fail at the end, after the training: a name or alias the registry refuses, a
+    database that does not answer or has no schema yet."""
+    from registry import NotFoundError
+    from registry.service import validate_alias, validate_model_name
+
+    assert config.register is not None
+    validate_model_name(config.register)
+    if config.promote:
+        validate_alias(config.promote)
+    owned = registry is None
+    reg = registry or Registry.from_settings()
+    try:
+        reg.get_model(config.register)
+    except NotFoundError:
+        pass  # a new model: the registration creates it
+    finally:
+        if owned:
+            reg.close()
 
 
 def _register(

@@ -193,3 +193,28 @@ def test_training_curves_name_the_run_and_count_whole_epochs() -> None:
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
     finally:
         plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("name", "invalid model name 'Digits 2'"),
+        ("alias", "invalid alias 'Prod'"),
+        ("no-schema", "has no schema yet: run `registry db upgrade`"),
+        ("database-down", "cannot reach the registry database"),
+    ],
+)
+def test_a_registration_that_would_fail_stops_the_job_before_training(
+    tmp_path: Path, problem: str, message: str
+) -> None:
+    """Minutes or hours of training are not spent on a run whose registration is bound to fail."""
+    backend = _sqlite_backend(tmp_path, migrated=problem != "no-schema")
+    if problem == "database-down":
+        backend = Backend("postgres", "postgresql+psycopg://nobody@127.0.0.1:1/none", tmp_path / "artifacts")
+    name, alias = ("Digits 2" if problem == "name" else "digits"), ("Prod" if problem == "alias" else "production")
+    runs = tmp_path / "runs"
+    proc = train(backend, "--dataset", "digits", "--runs-dir", str(runs), "--register", name, "--promote", alias)
+    assert proc.returncode == 6
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("training: registry error: ") and message in line
+    assert not runs.exists()  # no run was started
