@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +17,11 @@ class RegistrySettings(BaseSettings):
         description="password for the database URL, given apart so it needs no URL-encoding (`p@ss/word` works "
         "as it is); it replaces any password in the URL",
     )
-    artifacts_dir: Path = Field(Path("./var/artifacts"), description="the artifact store's directory")
+    # Read as text, not as a Path: a Path would fold s3://bucket into the relative directory "s3:/bucket".
+    artifacts_dir: str = Field(
+        "./var/artifacts",
+        description="the artifact store's directory; a store URL such as s3://bucket/prefix works here too",
+    )
     artifacts_url: str | None = Field(
         None,
         description="the artifact store as a URL, in place of artifacts_dir: a directory, or s3://bucket/prefix "

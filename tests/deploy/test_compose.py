@@ -215,7 +215,7 @@ def test_api_settings_load_from_the_compose_environment(monkeypatch: pytest.Monk
     assert settings.host == "0.0.0.0"
     assert settings.batching.max_batch_size == int(example["SERVE_BATCHING__MAX_BATCH_SIZE"])
     assert settings.registry.database_url == "postgresql+psycopg://imgserve@db:5432/registry"
-    assert settings.registry.artifacts_dir == Path("/data/artifacts")
+    assert settings.registry.artifacts_dir == "/data/artifacts"
     assert isinstance(settings.admin_tokens, SecretStr)
     with pytest.raises(ValueError, match="placeholder"):  # well-formed, but the example's: refused
         create_app(settings)

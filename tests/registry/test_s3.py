@@ -66,6 +66,31 @@ def test_register_read_verify_export_and_gc_in_a_bucket(
         assert sorted(reg.store.iter_blobs()) == [info["sha256"]]
 
 
+@pytest.mark.parametrize("variable", ["REGISTRY_ARTIFACTS_DIR", "REGISTRY_ARTIFACTS_URL"])
+def test_a_bucket_url_in_either_variable_is_the_bucket(
+    s3_backend: Backend, s3: tuple[str, object], tmp_path: Path, variable: str
+) -> None:
+    """REGISTRY_ARTIFACTS_DIR=s3://bucket/prefix once became the local directory "s3:/bucket/prefix",
+    where every artifact was then reported missing."""
+    url, client = s3
+    model = color_classifier(tmp_path / "model.onnx")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(color_metadata()))
+    env = {**s3_backend.env, "REGISTRY_ARTIFACTS_DIR": "./var/artifacts", variable: url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", "register", "colors", str(model), "--meta", str(meta), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sha = json.loads(proc.stdout)["sha256"]
+    assert client.head_object(Bucket=url.split("/")[2], Key=f"models/sha256/{sha[:2]}/{sha}")
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "var").exists()  # no local directory
+
+
 def test_corrupted_and_missing_objects_are_detected(
     s3_backend: Backend, s3: tuple[str, object], tmp_path: Path
 ) -> None:
