@@ -434,7 +434,14 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
     from app.settings import Settings
 
     settings = Settings()
-    front_end = FrontEnd(run_dir=run_dir, slot=slot, metrics_dir=run_dir / "metrics", devices=devices)
+    servers: list[uvicorn.Server] = []  # uvicorn's SIGTERM handler sets should_exit, also while the app starts
+    front_end = FrontEnd(
+        run_dir=run_dir,
+        slot=slot,
+        metrics_dir=run_dir / "metrics",
+        devices=devices,
+        stopping=lambda: any(server.should_exit for server in servers),
+    )
     app = create_app(settings, front_end=front_end)
     config = uvicorn.Config(
         app,
@@ -446,6 +453,7 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
     server = uvicorn.Server(config)
+    servers.append(server)
     server.run(sockets=[socket.socket(fileno=fd)])
     return 0 if server.started else FATAL
 

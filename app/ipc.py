@@ -35,6 +35,7 @@ again: a swap in between never runs images prepared for another contract.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -73,6 +74,7 @@ MAX_REDECODES = 3
 
 
 RECONNECT_EVERY_S = 0.1
+STOP_CHECK_S = 0.25  # how often a front end waiting for its first answer checks whether it must stop
 LENGTHS = struct.Struct("<IQ")  # a message: header bytes, payload bytes, then the two
 STAGING_BYTES = 1 << 18  # read at once from the socket, for headers and small payloads
 LARGE_PAYLOAD_BYTES = 1 << 15  # payloads from this size are read in place, not through the staging buffer
@@ -656,14 +658,19 @@ class RemoteServing:
             asyncio.create_task(self._beat_loop(), name="ipc-beat"),
         ]
 
-    async def wait_connected(self, timeout_s: float) -> bool:
-        """Wait until the inference process has been heard from (False after ``timeout_s``). A
-        front end that takes connections before that would answer them 503."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._heard_once.wait()
-        except TimeoutError:
-            return False
+    async def wait_connected(self, timeout_s: float, stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until the inference process has been heard from (False after ``timeout_s``, or as
+        soon as ``stopping()`` says so). A front end that takes connections before that would
+        answer them 503."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self._heard_once.is_set():
+            left = deadline - loop.time()
+            if left <= 0 or stopping():
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, STOP_CHECK_S)):
+                    await self._heard_once.wait()
         return True
 
     async def close(self) -> None:
@@ -1013,10 +1020,10 @@ class Devices:
         if self._lead:
             self._aligning = asyncio.create_task(self._align_loop(), name="ipc-align")
 
-    async def wait_connected(self, timeout_s: float) -> bool:
+    async def wait_connected(self, timeout_s: float, stopping: Callable[[], bool] = lambda: False) -> bool:
         """Wait until every inference process has been heard from (the models load at the same
-        time in each); False when none has after ``timeout_s``."""
-        await asyncio.gather(*(part.wait_connected(timeout_s) for part in self._parts))
+        time in each); False when none has after ``timeout_s`` or once ``stopping()``."""
+        await asyncio.gather(*(part.wait_connected(timeout_s, stopping) for part in self._parts))
         return any(part.down is None for part in self._parts)
 
     async def close(self) -> None:

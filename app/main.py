@@ -95,6 +95,7 @@ class FrontEnd:
     slot: int
     metrics_dir: Path
     devices: int = 1  # the host's inference processes
+    stopping: Callable[[], bool] = lambda: False  # the process was asked to stop (SIGTERM) while it starts
 
 
 def create_app(
@@ -268,8 +269,11 @@ async def _remote_serving(
     )
     await serving.start()
     # Take connections only once the inference process has answered: until then every request
-    # would get 503, while the front ends already connected serve them.
-    if not await serving.wait_connected(settings.inference_timeout_s):
+    # would get 503, while the front ends already connected serve them. A stop ends the wait: when
+    # the inference process cannot start, the supervisor stops the host, and that must not take
+    # the whole time-out.
+    connected = await serving.wait_connected(settings.inference_timeout_s, stopping=front_end.stopping)
+    if not connected and not front_end.stopping():
         log.warning(
             "front end %d: no answer from the inference process in %g s; serving 503 until it answers",
             front_end.slot,

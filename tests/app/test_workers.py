@@ -456,17 +456,21 @@ async def test_rows_of_clients_that_hang_up_are_dropped_before_inference(tmp_pat
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_host_that_cannot_start_exits_with_status_3(tmp_path: Path, workers: str) -> None:
+    """And at once: the front ends, still waiting for their first answer from the inference process
+    (up to SERVE_INFERENCE_TIMEOUT_S), stop when the supervisor tells them to."""
     backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
-    env = env_for(backend, SERVE_REQUIRE_GPU="true", SERVE_PROVIDERS="cuda")
+    env = env_for(backend, SERVE_REQUIRE_GPU="true", SERVE_PROVIDERS="cuda", SERVE_INFERENCE_TIMEOUT_S="300")
+    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "app", "--port", str(free_port()), "--workers", workers, "--log-level", "warning"],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - started < 25  # 40 s before: until the supervisor killed the front ends
     assert "GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
 
