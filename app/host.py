@@ -48,6 +48,7 @@ log = logging.getLogger("app.host")
 FATAL = 3  # a process that cannot start: uvicorn's status when the lifespan fails, and the inference process's
 STOP_FRONT_ENDS_S = 40.0  # uvicorn's graceful shutdown takes up to 30 s
 STOP_INFERENCE_S = 30.0
+STOP_GRACE_S = 1.5  # an inference process told to stop waits this long for front ends to say they stop too
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after starting is restarted with a growing delay
 
 
@@ -418,6 +419,7 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
                 log.error("%s", exc)
                 return FATAL
             await _until_stopped(stop)
+            await endpoint.until_front_ends_stop(grace_s=STOP_GRACE_S, limit_s=STOP_FRONT_ENDS_S)
             return 0
     finally:
         if endpoint is not None:

@@ -366,6 +366,7 @@ class InferenceEndpoint:
         self._tasks: dict[tuple[Link, int], asyncio.Task[None]] = {}  # control requests (resolve, moved)
         self._groups: dict[tuple[Link, int], _Group] = {}  # inference requests, by each of their ids
         self._loads: dict[Link, tuple[int, int, int]] = {}  # link -> slot, inflight, receiving
+        self._stopping: set[Link] = set()  # front ends that said they are finishing their requests
         self._infos: dict[tuple[str, int], dict[str, Any]] = {}
         self._publisher: asyncio.Task[None] | None = None
 
@@ -387,6 +388,19 @@ class InferenceEndpoint:
         await asyncio.gather(*tasks, return_exceptions=True)
         for link in list(self._links):
             link.close()
+
+    async def until_front_ends_stop(self, *, grace_s: float, limit_s: float) -> None:
+        """After this process was told to stop: serve on while front ends that are stopping too
+        finish their requests. When a whole process group gets SIGTERM at once (systemd's default
+        for a service), the front ends still have requests to send here. A front end says it is
+        stopping in its next beat; if none has within ``grace_s``, this process stops alone (the
+        supervisor starts a new one), and at most after ``limit_s``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self._links and (waited := loop.time() - started) < limit_s:
+            if waited >= grace_s and not self._stopping & self._links:
+                return
+            await asyncio.sleep(STOP_CHECK_S / 5)
 
     def inflight(self) -> int:
         """Inference requests admitted by every front end, as they last said."""
@@ -426,6 +440,7 @@ class InferenceEndpoint:
         """A front end went away: its load no longer counts, and what it asked for is not wanted."""
         self._links.discard(link)
         self._loads.pop(link, None)
+        self._stopping.discard(link)
         for (owner, _), task in list(self._tasks.items()):
             if owner is link:
                 task.cancel()
@@ -454,6 +469,8 @@ class InferenceEndpoint:
                 running.cancel()
         elif op == "beat":
             self._loads[link] = (header["slot"], header["inflight"], header["receiving"])
+            if header.get("stopping"):
+                self._stopping.add(link)
         elif op in ("resolve", "moved"):
             self._spawn(link, header["id"], self._control(link, header))
         else:
@@ -623,11 +640,13 @@ class RemoteServing:
         max_message_rows: int = 32,
         device: int = 0,
         devices: int = 1,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         """``max_message_rows``: the rows one `infer` message may hold (the batch size, so a message
         never makes a batch larger than the batcher's limit; one request larger than that goes alone).
         ``device``: which of the host's ``devices`` inference processes this one reaches; each is told
-        its share of the front end's load (`Devices` spreads the requests evenly)."""
+        its share of the front end's load (`Devices` spreads the requests evenly). ``stopping``: the
+        front end is finishing its requests before it exits; its beats say so."""
         self._run_dir = run_dir
         self._device = device
         self._devices = devices
@@ -636,6 +655,7 @@ class RemoteServing:
         self._counter = counter
         self._timeout_s = timeout_s
         self._alias = alias
+        self._stopping = stopping
         self._link: Link | None = None
         self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], Any]]] = {}  # by request id: answer, payload
         self._deadlines: dict[int, float] = {}  # by request id, in the order they were sent, which is theirs too
@@ -820,7 +840,8 @@ class RemoteServing:
         """Tell the inference process this front end's load (it times batches by the host's)."""
         counter = self._counter
         inflight, receiving = self._share(counter.value), self._share(counter.receiving)
-        self._send({"op": "beat", "slot": self._slot, "inflight": inflight, "receiving": receiving})
+        beat = {"op": "beat", "slot": self._slot, "inflight": inflight, "receiving": receiving}
+        self._send({**beat, "stopping": True} if self._stopping() else beat)
 
     def _send(self, header: dict[str, Any], payload: np.ndarray | list[np.ndarray] | None = None) -> bool:
         link = self._link

@@ -254,6 +254,7 @@ async def _remote_serving(
             max_message_rows=settings.batching.max_batch_size,
             device=device,
             devices=front_end.devices,
+            stopping=front_end.stopping,
         )
         for device in range(front_end.devices)
     ]

@@ -31,8 +31,10 @@ def server_process(
     ready_timeout: float = 60,
     log_level: str = "warning",
     workers: int | None = None,
+    own_group: bool = False,
 ) -> Iterator[Server]:
-    """``workers``: front-end processes (`--workers`); None leaves the server's default (auto)."""
+    """``workers``: front-end processes (`--workers`); None leaves the server's default (auto).
+    ``own_group``: the server leads a process group of its own, which a test may signal whole."""
     port = port or free_port()
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed below
     extra = ["--workers", str(workers)] if workers is not None else []
@@ -43,6 +45,7 @@ def server_process(
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=own_group,
     )
     started = time.monotonic()
     server = Server(proc, f"http://127.0.0.1:{port}", log)

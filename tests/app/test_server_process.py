@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -111,13 +112,17 @@ async def until(condition, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run: TrainedRun, workers: int) -> None:
+@pytest.mark.parametrize(("workers", "whole_group"), [(1, False), (2, False), (2, True)])
+async def test_sigterm_finishes_requests_in_flight(
+    backend: Backend, digits_run: TrainedRun, workers: int, whole_group: bool
+) -> None:
     """Deterministic: 20 requests are in the server with half their bodies sent, SIGTERM arrives, then
     the bodies complete. Every one must be answered 200 and the process exit cleanly. With 2 workers,
-    the supervisor stops the front ends first, and the inference process after them."""
+    the supervisor stops the front ends first, and the inference process after them. ``whole_group``:
+    every process of the host gets the SIGTERM at once, as systemd sends it to a service; the inference
+    process serves on until the front ends have finished."""
     png = register_digits_twice(backend, digits_run)
-    with server_process(backend.env, log_level="info", workers=workers) as server:
+    with server_process(backend.env, log_level="info", workers=workers, own_group=whole_group) as server:
         url = f"{server.url}/v1/models/digits/predict"
         encoded = httpx.Request("POST", url, files={"images": ("d.png", png, "image/png")})
         body = encoded.read()
@@ -143,7 +148,10 @@ async def test_sigterm_finishes_requests_in_flight(backend: Backend, digits_run:
                 return await receiving(client) == 20
 
             await until(all_started)
-            server.proc.send_signal(signal.SIGTERM)
+            if whole_group:
+                os.killpg(server.proc.pid, signal.SIGTERM)
+            else:
+                server.proc.send_signal(signal.SIGTERM)
 
             async def shutting_down() -> bool:
                 return "Waiting for connections to close" in server.log_text()
