@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +29,12 @@ class RegistrySettings(BaseSettings):
         "(any S3-compatible service, configured by AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
         "AWS_SECRET_ACCESS_KEY)",
     )
+
+    @field_validator("artifacts_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        """A Path given in code (``RegistrySettings(artifacts_dir=Path(...))``) is taken as its text."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 @lru_cache
