@@ -143,11 +143,23 @@ def describe(view: HostView, name: str) -> ServedModelInfo:
     )
 
 
-@router.get("/v1/models", response_model=list[ServedModelInfo], tags=["models"], summary="Served models")
+@router.get(
+    "/v1/models",
+    response_model=list[ServedModelInfo],
+    responses={503: {"model": ErrorBody}},
+    tags=["models"],
+    summary="Served models",
+)
 async def list_served(serving: ServingDep) -> list[ServedModelInfo]:
     view = serving.view()
     if view.inference_error is not None:
         raise UnavailableError(view.inference_error, headers={"Retry-After": "1"})
+    if not view.synced and not view.models:  # an empty list would say the registry has no model
+        reason = view.last_poll_error or "starting"
+        raise UnavailableError(
+            f"the served models are not known yet: the registry has not answered ({reason})",
+            headers={"Retry-After": "2"},
+        )
     return [describe(view, name) for name in sorted(view.models)]
 
 

@@ -448,6 +448,10 @@ async def test_a_server_started_while_the_database_is_down_answers_503_not_404(t
         r = await client.get("/v2/models/colors/ready")
         assert (r.status_code, list(r.json())) == (503, ["error"])
         assert (await client.get("/v1/models/colors")).status_code == 503
+        r = await client.get("/v1/models")  # not an empty list, as if the registry had no model
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "2"
+        assert "the registry has not answered" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
