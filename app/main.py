@@ -95,7 +95,7 @@ class FrontEnd:
     slot: int
     metrics_dir: Path
     devices: int = 1  # the host's inference processes
-    stopping: Callable[[], bool] = lambda: False  # the process was asked to stop (SIGTERM) while it starts
+    stopping: Callable[[], bool] = lambda: False  # asked to stop (SIGTERM): while it starts, and while it drains
 
 
 def create_app(
