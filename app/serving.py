@@ -84,18 +84,30 @@ class HostView:
 
     def served(self, name: str) -> ModelView:
         """A served model: 404 if it is not served, 503 while what is served is not known yet."""
-        if self.inference_error is not None:
-            raise UnavailableError(self.inference_error, headers={"Retry-After": "1"})
+        self._check_reachable()
         model = self.models.get(name)
         if model is not None:
             return model
         if not self.synced:
-            reason = self.last_poll_error or "starting"
-            raise UnavailableError(
-                f"model {name!r} is not known yet: the registry has not answered ({reason})",
-                headers={"Retry-After": "2"},
-            )
+            raise self._not_known_yet(f"model {name!r} is")
         raise NotFoundError(f"model {name!r} is not served (served: {', '.join(sorted(self.models)) or 'none'})")
+
+    def served_names(self) -> list[str]:
+        """The served models' names; 503 while none is known (an empty list would say there is none)."""
+        self._check_reachable()
+        if not self.synced and not self.models:
+            raise self._not_known_yet("the served models are")
+        return sorted(self.models)
+
+    def _check_reachable(self) -> None:
+        if self.inference_error is not None:
+            raise UnavailableError(self.inference_error, headers={"Retry-After": "1"})
+
+    def _not_known_yet(self, subject: str) -> UnavailableError:
+        reason = self.last_poll_error or "starting"
+        return UnavailableError(
+            f"{subject} not known yet: the registry has not answered ({reason})", headers={"Retry-After": "2"}
+        )
 
     def current_info(self, name: str) -> VersionInfo | None:
         model = self.models.get(name)

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from app.api.deps import ServingDep
 from app.api.params import AliasQuery, ModelName, VersionQuery
-from app.errors import BadRequestError, UnavailableError
+from app.errors import BadRequestError
 from app.schemas import ErrorBody, LegacyPrediction, LoadedVersionInfo, PredictResponse, ServedModelInfo
 from app.service import classify, json_response, rank, read_uploads
 from app.serving import HostView, Serving
@@ -152,15 +152,7 @@ def describe(view: HostView, name: str) -> ServedModelInfo:
 )
 async def list_served(serving: ServingDep) -> list[ServedModelInfo]:
     view = serving.view()
-    if view.inference_error is not None:
-        raise UnavailableError(view.inference_error, headers={"Retry-After": "1"})
-    if not view.synced and not view.models:  # an empty list would say the registry has no model
-        reason = view.last_poll_error or "starting"
-        raise UnavailableError(
-            f"the served models are not known yet: the registry has not answered ({reason})",
-            headers={"Retry-After": "2"},
-        )
-    return [describe(view, name) for name in sorted(view.models)]
+    return [describe(view, name) for name in view.served_names()]
 
 
 @router.get(
