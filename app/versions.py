@@ -84,6 +84,12 @@ class LoadedVersion:
         log.info("closed %s v%d", self.name, self.version)
 
 
+def joins_while_running(backend: InferenceBackend) -> bool:
+    """The batcher's ``join_while_running`` for a version on ``backend``: on the CPU the model is the
+    limit, so rows are joined on the event loop while a batch runs; on a GPU the loop is the limit."""
+    return CUDA not in backend.providers
+
+
 class VersionLoader:
     """Reads a version (sha256-checked), builds its session, warms it up and gives it a batcher."""
 
@@ -124,7 +130,7 @@ class VersionLoader:
             on_drop=self._metrics.dropped.labels(name).inc,
             max_concurrent_batches=b.max_concurrent_batches,
             inline_below_s=b.inline_below_ms / 1000,
-            join_while_running=CUDA not in backend.providers,  # on a GPU the event loop is the limit
+            join_while_running=joins_while_running(backend),
             name=f"{name} v{version}",
         )
         batcher.start()

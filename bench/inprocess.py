@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-from app.backend import CUDA, OrtBackend
+from app.backend import OrtBackend
 from app.batcher import Batcher
 from app.settings import Settings
+from app.versions import joins_while_running
 from registry import ModelContract
 
 
@@ -120,7 +121,7 @@ def batcher_throughput(
                 executor=pool,
                 on_batch=lambda s: sizes.append(s.rows),
                 max_concurrent_batches=batching.max_concurrent_batches,
-                join_while_running=CUDA not in backend.providers,  # as the server's
+                join_while_running=joins_while_running(backend),  # as the server's
             )
             batcher.start()
             remaining = 0
