@@ -75,6 +75,7 @@ MAX_REDECODES = 3
 
 RECONNECT_EVERY_S = 0.1
 STOP_CHECK_S = 0.25  # how often a front end waiting for its first answer checks whether it must stop
+DRAIN_CHECK_S = 0.05  # how often an inference process told to stop looks whether its front ends are done
 LENGTHS = struct.Struct("<IQ")  # a message: header bytes, payload bytes, then the two
 STAGING_BYTES = 1 << 18  # read at once from the socket, for headers and small payloads
 LARGE_PAYLOAD_BYTES = 1 << 15  # payloads from this size are read in place, not through the staging buffer
@@ -398,9 +399,9 @@ class InferenceEndpoint:
         loop = asyncio.get_running_loop()
         started = loop.time()
         while self._links and (waited := loop.time() - started) < limit_s:
-            if waited >= grace_s and not self._stopping & self._links:
+            if waited >= grace_s and not self._stopping:  # (a link leaves both sets when it is lost)
                 return
-            await asyncio.sleep(STOP_CHECK_S / 5)
+            await asyncio.sleep(DRAIN_CHECK_S)
 
     def inflight(self) -> int:
         """Inference requests admitted by every front end, as they last said."""
@@ -469,7 +470,7 @@ class InferenceEndpoint:
                 running.cancel()
         elif op == "beat":
             self._loads[link] = (header["slot"], header["inflight"], header["receiving"])
-            if header.get("stopping"):
+            if header["stopping"]:
                 self._stopping.add(link)
         elif op in ("resolve", "moved"):
             self._spawn(link, header["id"], self._control(link, header))
@@ -840,8 +841,15 @@ class RemoteServing:
         """Tell the inference process this front end's load (it times batches by the host's)."""
         counter = self._counter
         inflight, receiving = self._share(counter.value), self._share(counter.receiving)
-        beat = {"op": "beat", "slot": self._slot, "inflight": inflight, "receiving": receiving}
-        self._send({**beat, "stopping": True} if self._stopping() else beat)
+        self._send(
+            {
+                "op": "beat",
+                "slot": self._slot,
+                "inflight": inflight,
+                "receiving": receiving,
+                "stopping": self._stopping(),
+            }
+        )
 
     def _send(self, header: dict[str, Any], payload: np.ndarray | list[np.ndarray] | None = None) -> bool:
         link = self._link
