@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,24 +226,25 @@ def _check_registry(config: TrainConfig, registry: Registry | None) -> None:
     validate_model_name(config.register)
     if config.promote:
         validate_alias(config.promote)
-    owned = registry is None
-    reg = registry or Registry.from_settings()
-    try:
+    with _opened(registry) as reg, suppress(NotFoundError):  # a new model: the registration creates it
         reg.get_model(config.register)
-    except NotFoundError:
-        pass  # a new model: the registration creates it
-    finally:
-        if owned:
-            reg.close()
+
+
+@contextmanager
+def _opened(registry: Registry | None) -> Iterator[Registry]:
+    """``registry``, or one opened from the REGISTRY_* settings and closed after use."""
+    if registry is not None:
+        yield registry
+        return
+    with Registry.from_settings() as opened:
+        yield opened
 
 
 def _register(
     config: TrainConfig, metadata: VersionMetadata, run_dir: Path, registry: Registry | None
 ) -> tuple[int, bool]:
     assert config.register is not None
-    owned = registry is None
-    reg = registry or Registry.from_settings()
-    try:
+    with _opened(registry) as reg:
         info = reg.register(
             name=config.register,
             onnx_path=run_dir / "model.onnx",
@@ -264,9 +267,6 @@ def _register(
             )
             promoted = True
         return info.version, promoted
-    finally:
-        if owned:
-            reg.close()
 
 
 def _parity_images(dataset: Dataset) -> np.ndarray:
