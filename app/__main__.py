@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(supervisor.run())
         import uvicorn
 
-        from app.host import FATAL, cannot_listen, listen
+        from app.host import FATAL, cannot_listen, listen, stop_quietly
         from app.main import create_app
         from app.protocol import protocol_with
 
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
     server = uvicorn.Server(config)
+    stop_quietly(server)
     logging.getLogger("app").info("serving on http://%s:%d with one process", settings.host, sock.getsockname()[1])
     server.run(sockets=[sock])
     if not server.started:  # the lifespan failed: uvicorn.run's status

@@ -42,6 +42,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("app.host")
 
@@ -428,6 +432,22 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
         registry.close()
 
 
+def stop_quietly(server: uvicorn.Server) -> None:
+    """SIGTERM and Ctrl-C stop ``server`` gracefully, and `server.run` returns: the process exits 0.
+
+    uvicorn handles both while it serves; once it has shut down, it raises the signal again under
+    the handler that was there before it started. Python's defaults would then end the process
+    with status 143 (SIGTERM), or a KeyboardInterrupt traceback (Ctrl-C). This handler is the one
+    it finds: it asks the server to stop, which it has by then. A signal in the moment before
+    uvicorn takes over stops it as soon as it has started."""
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
 def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices: int) -> int:
     import uvicorn
 
@@ -456,6 +476,7 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
     )
     server = uvicorn.Server(config)
     servers.append(server)
+    stop_quietly(server)
     server.run(sockets=[socket.socket(fileno=fd)])
     return 0 if server.started else FATAL
 

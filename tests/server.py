@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _interactive_signals() -> None:
+    """In the server's process before it runs: Ctrl-C as a terminal gives it, whatever the tests
+    were started with (a shell runs a job it puts in the background with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextmanager
@@ -46,6 +53,7 @@ def server_process(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=own_group,
+        preexec_fn=_interactive_signals,
     )
     started = time.monotonic()
     server = Server(proc, f"http://127.0.0.1:{port}", log)
