@@ -53,9 +53,9 @@ naive_app = FastAPI(lifespan=_load_model)
 def _naive_classify(app: FastAPI, body: bytes) -> dict[str, object]:
     contract = app.state.meta["contract"]
     height, width = contract["preprocessing"]["size"]
-    img = Image.open(io.BytesIO(body))
-    img.draft("RGB", (width, height))  # JPEG: decode at the smallest scale that still covers the size
-    img = img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    opened = Image.open(io.BytesIO(body))
+    opened.draft("RGB", (width, height))  # JPEG: decode at the smallest scale that still covers the size
+    img = opened.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     batch = np.asarray(img, dtype=np.uint8)[np.newaxis]
     probabilities = app.state.session.run(None, {contract["input"]["name"]: batch})[0][0]
     best = int(np.argmax(probabilities))

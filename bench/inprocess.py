@@ -7,6 +7,7 @@ import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -50,7 +51,7 @@ def ort_ceiling(
     seconds: float,
     providers: list[str],
     rounds: int = 5,
-) -> dict:
+) -> dict[str, Any]:
     """The best of ORT's default options and the server's (no spin-waiting), per batch size.
 
     Each (options, batch size) pair runs for ``seconds`` in all, as ``rounds`` slices taken in turn
@@ -90,7 +91,7 @@ def batcher_throughput(
     max_batch_delay_ms: float,
     providers: list[str],
     reference_seconds: float,
-) -> dict:
+) -> dict[str, Any]:
     """`submitters` concurrent callers of one image each, through the server's Batcher and backend.
 
     Before each trial, the same backend runs ready-made batches of ``max_batch_size`` back to back

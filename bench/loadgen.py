@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -133,7 +134,7 @@ def _python(
     )
 
 
-async def _drive(spec: dict) -> dict:
+async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     import httpx
 
     payload = Path(spec["body"]).read_bytes() if spec["body"] else None  # noqa: ASYNC240 - before any load

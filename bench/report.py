@@ -59,7 +59,7 @@ def _best_s4_wide(results: dict[str, Any]) -> float:
     ]
     if results.get("provider_requested") != "cuda" or not found:
         raise KeyError("S4 c=64 on CUDA")
-    return max(found)
+    return float(max(found))
 
 
 def scaling_efficiency(results: dict[str, Any]) -> dict[str, float]:
@@ -95,7 +95,7 @@ def mean_hop_ms(results: dict[str, Any]) -> float:
     records in steps of 0.1 ms."""
     two = _find(results, "S1 png raw", "w2", 1)["throughput_rps"]
     one = _find(results, "S1 png raw", "w1", 1)["throughput_rps"]
-    return 1000 / two - 1000 / one
+    return float(1000 / two - 1000 / one)
 
 
 MEDIAN_OF_ROUNDS = (
@@ -122,7 +122,7 @@ def _find(results: dict[str, Any], name: str, target: str, concurrency: int | No
     if not found:
         raise KeyError((name, target, concurrency))
     if len(found) == 1:
-        return found[0]
+        return dict(found[0])
     merged = dict(found[0])
     for key in MEDIAN_OF_ROUNDS:
         if all(key in s for s in found):  # the per-role CPU figures exist only with several workers

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "china.jpg"  # scikit-learn's bundled 640x427 JPEG
 SCENARIOS = {"S1", "S2", "S3", "S4", "S5", "S6", "S7"}
 SLOW_CLIENTS = 100
+# What a scenario sends: the body, its content type, images per request, extra headers.
+Body = tuple[bytes, str, int, dict[str, str]]
+Scenario = tuple[str, str, int, int, Body]  # name, route, concurrency, requests, body
 
 
 @dataclass
@@ -160,7 +164,7 @@ def _cpu_seconds(stat: Path) -> float:
 
 
 @contextmanager
-def start(command: list[str], env: dict[str, str], probe: str, log: Path, cwd: Path = ROOT):
+def start(command: list[str], env: dict[str, str], probe: str, log: Path, cwd: Path = ROOT) -> Iterator[Proc]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
@@ -213,7 +217,7 @@ def worker_counts(cores: int) -> list[int]:
 
 
 @contextmanager
-def previous_checkout(rev: str, work: Path):
+def previous_checkout(rev: str, work: Path) -> Iterator[Path]:
     """A git worktree of ``rev``, to run the server as it was (the same venv, its own code)."""
     path = work / f"previous-{rev}"
     subprocess.run(
@@ -340,7 +344,7 @@ def measure(
         body_file = work / f"body-{abs(hash(body))}.bin"
         body_file.write_bytes(body)
     url = proc.url + path
-    kwargs = {"content_type": content_type, "headers": headers or {}, "method": method}
+    kwargs: dict[str, Any] = {"content_type": content_type, "headers": headers or {}, "method": method}
     run_load(url, body_file, requests=min(requests, max(concurrency, 50)), concurrency=concurrency, **kwargs)  # warm
     batches_before = batch_counters(proc.url) if with_metrics else (0.0, 0.0)
     roles = proc.roles()
@@ -551,7 +555,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             work=work,
         )
 
-    one_png = (png, "image/png", 1, {})
+    one_png: Body = (png, "image/png", 1, {})
     if wanted("S5 overload png raw"):
         print("S5 floor (the admission gate in front of a bare endpoint) ...", flush=True)
         floor_scenarios = [("S1 png raw", 32, r["c32"]), ("S5 overload png raw", profile.overload_concurrency, r["s5"])]
@@ -585,7 +589,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("S2 photo jpeg", "/predict", 32, r["s2"], (jpeg, "image/jpeg", 1, {})),
     ]
 
-    def run_scenarios(target: str, proc: Proc, scenarios: list, *, with_metrics: bool, scaling: bool = False) -> None:
+    def run_scenarios(
+        target: str, proc: Proc, scenarios: list[Scenario], *, with_metrics: bool, scaling: bool = False
+    ) -> None:
         for name, route, c, n, (body, content_type, per_request, headers) in scenarios:
             if scaling or wanted(name):
                 entry = measure(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -67,7 +68,7 @@ async def _link_echo_main(path: str) -> None:
 
     done = asyncio.Event()
 
-    def answer(link: Link, header: dict[str, object], payload: bytes | None) -> None:
+    def answer(link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
         if header.get("stop"):
             done.set()
             return
@@ -91,7 +92,7 @@ def _link_echo(path: str) -> None:
 async def _link_client(path: str, rounds: int) -> dict[str, tuple[float, float]]:
     from app.ipc import Link
 
-    answers: asyncio.Queue[tuple[dict[str, object], bytes | None]] = asyncio.Queue()
+    answers: asyncio.Queue[tuple[dict[str, Any], bytearray | None]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for _ in range(100):
         try:
