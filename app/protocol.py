@@ -13,6 +13,9 @@ uvicorn writes a response's status line and headers, then its body, each with a 
 its own; here they leave together in one (`Corked`), as soon as the response is complete, before
 the middleware's work after it (metrics) runs.
 
+A request the parser cannot read (a malformed request line or header) gets a 400 with a JSON body,
+as every other error does, and the connection is closed.
+
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
 """
@@ -28,13 +31,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.disconnect import hang_up
 
-TIMEOUT_BODY = json.dumps({"error": "request headers not received in time"}).encode()
-TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    + b"content-length: "
-    + str(len(TIMEOUT_BODY)).encode()
-    + b"\r\n\r\n"
-    + TIMEOUT_BODY
+
+def _closing_response(status: bytes, error: str) -> bytes:
+    """A JSON error response, sent before the connection is closed."""
+    body = json.dumps({"error": error}).encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+TIMEOUT_RESPONSE = _closing_response(b"408 Request Timeout", "request headers not received in time")
+MALFORMED_RESPONSE = _closing_response(
+    b"400 Bad Request", "malformed HTTP request: the request line or headers could not be parsed"
 )
 
 
@@ -91,6 +100,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """What the parser cannot read gets the JSON error body every other answer has; uvicorn's
+        own is plain text."""
+        self.transport.write(MALFORMED_RESPONSE)
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         cast(Corked, self.transport).flush()  # the response's head and body, in one system call

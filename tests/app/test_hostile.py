@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -263,6 +264,26 @@ def test_a_declared_huge_body_is_refused_before_it_is_sent(server: Server) -> No
         answer = read_until_closed(sock, timeout=10)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     STATUSES.append(("declared huge body", 413))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/models/colors/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /readyz HTTP/1.1\r\nHost x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello sent to the plain port
+    ],
+    ids=["content-length", "header-without-colon", "tls-hello"],
+)
+def test_unparseable_requests_get_a_json_400_and_a_closed_connection(server: Server, request_bytes: bytes) -> None:
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(request_bytes)
+        answer = read_until_closed(sock, timeout=10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"content-type: application/json" in head.lower()
+    assert "malformed HTTP request" in json.loads(body)["error"]
+    STATUSES.append(("unparseable", 400))
 
 
 def test_head_on_health_routes(server: Server) -> None:
