@@ -154,13 +154,14 @@ def load_dataset(
     else:
         if not 0 < validation_split < 1:
             raise DataError(f"validation split must be between 0 and 1, got {validation_split}")
-        train, test = stratified_split(train, validation_split, seed)
+        train, test = stratified_split(train, validation_split, seed, classes)
         source = "split"
     return Dataset(classes, train, test, source, f"sha256:{digest.hexdigest()}", skipped)
 
 
-def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Hold out ``fraction`` of every class, chosen with a fixed seed."""
+def stratified_split(split: Split, fraction: float, seed: int, classes: list[str]) -> tuple[Split, Split]:
+    """Hold out ``fraction`` of every class, chosen with a fixed seed. ``classes``: the class names,
+    by label."""
     rng = np.random.default_rng(seed)
     held: list[int] = []
     for label in np.unique(split.labels):
@@ -168,7 +169,10 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
         rng.shuffle(members)
         count = max(1, round(len(members) * fraction))
         if count >= len(members):
-            raise DataError(f"class index {label} has too few images ({len(members)}) to hold some out")
+            raise DataError(
+                f"class {classes[label]!r} has {len(members)} image(s): too few to hold {count} out for testing "
+                "and train on the rest; add images, or give a held-out folder (--test-data)"
+            )
         held.extend(members[:count].tolist())
     held_index = np.array(sorted(held))
     keep_index = np.setdiff1d(np.arange(len(split)), held_index)

@@ -148,6 +148,7 @@ def test_two_classes_train_a_sigmoid_head_and_skip_corrupt_files(tmp_path: Path)
         ("one-class", "at least 2 are needed"),
         ("empty-class", "has no images"),
         ("unreadable-class", "has no readable images"),
+        ("one-image-class", "class 'c' has 1 image(s): too few to hold 1 out"),
     ],
 )
 def test_bad_folders_fail_with_one_line(tmp_path: Path, layout: str, message: str) -> None:
@@ -161,6 +162,12 @@ def test_bad_folders_fail_with_one_line(tmp_path: Path, layout: str, message: st
         if layout == "unreadable-class":
             (data / "c").mkdir()
             (data / "c" / "x.png").write_bytes(b"garbage")
+        if layout == "one-image-class":  # the other classes have enough for a held-out split
+            for cls in ("a", "b"):
+                for i in range(4):
+                    Image.new("RGB", (8, 8), "red").save(data / cls / f"{i}.png")
+            (data / "c").mkdir()
+            Image.new("RGB", (8, 8), "red").save(data / "c" / "x.png")
     proc = train(_sqlite_backend(tmp_path), "--data", str(data), "--epochs", "1")
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr
