@@ -11,6 +11,7 @@ The database and store libraries are imported inside the commands that use them,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -313,22 +314,54 @@ def history(
 def export(
     reference: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]")],
     directory: Annotated[Path, typer.Argument(metavar="DIR")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files of the same names in DIR that hold something else.")
+    ] = False,
 ) -> None:
-    """Write model.onnx, meta.json and extras/ to DIR, ready for `registry register`."""
+    """Write model.onnx, meta.json and extras/ to DIR, ready for `registry register`.
+
+    A file of the same name already in DIR is left alone unless it holds the same bytes (an export
+    run again) or --overwrite is given: DIR may be a training run's directory, whose model.onnx is
+    not in the registry. Each file is written under a temporary name and renamed, so an export
+    that is killed leaves no half-written model."""
+    from registry.errors import ConflictError, InvalidInputError
     from registry.service import Reference
 
     with _registry() as reg:
         info = reg.get(Reference.parse(reference))
-        data = reg.open_artifact(info.model_name, info.version)
-        extras = {e.name: reg.read_extra(info.model_name, info.version, e.name) for e in info.extras}
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.onnx").write_bytes(data)
-    (directory / "meta.json").write_text(json.dumps(info.metadata.model_dump(mode="json"), indent=2) + "\n")
-    if extras:
-        (directory / "extras").mkdir(exist_ok=True)
-        for extra_name, content in extras.items():
-            (directory / "extras" / extra_name).write_bytes(content)
+        files = {"model.onnx": reg.open_artifact(info.model_name, info.version)}
+        files["meta.json"] = (json.dumps(info.metadata.model_dump(mode="json"), indent=2) + "\n").encode()
+        for extra in info.extras:
+            files[f"extras/{extra.name}"] = reg.read_extra(info.model_name, info.version, extra.name)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInputError(f"cannot export to {directory}: it exists and is not a directory")
+    if not overwrite:
+        held = [name for name, content in files.items() if _holds_other(directory / name, content)]
+        if held:
+            raise ConflictError(
+                f"{directory} already holds {', '.join(held)} with other contents: "
+                "export to a new or empty directory, or pass --overwrite"
+            )
+    for name, content in files.items():
+        _write_replacing(directory / name, content)
     typer.echo(f"exported {info.model_name} v{info.version} to {directory}")
+
+
+def _holds_other(path: Path, content: bytes) -> bool:
+    if not path.exists():
+        return False
+    return not path.is_file() or path.stat().st_size != len(content) or path.read_bytes() != content
+
+
+def _write_replacing(path: Path, content: bytes) -> None:
+    """``content`` at ``path``: under a temporary name in the same directory first, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 @app.command()

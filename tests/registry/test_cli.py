@@ -96,6 +96,30 @@ def test_export_then_register_elsewhere(backend: Backend, files: tuple[Path, Pat
     assert copied["sha256"] == original["sha256"]
 
 
+def test_export_keeps_other_files_unless_told_and_runs_again(
+    backend: Backend, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A directory that already holds a different model.onnx (a training run's) is left as it is."""
+    model, meta = files
+    run(backend, "register", "colors", str(model), "--meta", str(meta))
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "model.onnx").write_bytes(b"a model trained here")
+    proc = run(backend, "export", "colors:1", str(out_dir), check=False)
+    assert_one_line_error(proc, 5, "already holds model.onnx with other contents")
+    assert (out_dir / "model.onnx").read_bytes() == b"a model trained here"
+    assert not (out_dir / "meta.json").exists()  # nothing written when anything is refused
+
+    run(backend, "export", "colors:1", str(out_dir), "--overwrite")
+    assert (out_dir / "model.onnx").read_bytes() == model.read_bytes()
+    run(backend, "export", "colors:1", str(out_dir))  # again: the same bytes are there already
+    assert sorted(p.name for p in out_dir.iterdir()) == ["meta.json", "model.onnx"]  # no temporary left
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert_one_line_error(run(backend, "export", "colors:1", str(a_file), check=False), 4, "is not a directory")
+
+
 def test_verify_fails_on_corruption(backend: Backend, files: tuple[Path, Path]) -> None:
     model, meta = files
     run(backend, "register", "colors", str(model), "--meta", str(meta))
