@@ -8,18 +8,19 @@ status 1; a required GPU that ONNX Runtime cannot use, with status 3.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
+
+from core.cli import ArgumentParser
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="imgserve", description="Serve registered image classifiers over HTTP.")
+    parser = ArgumentParser(prog="imgserve", description="Serve registered image classifiers over HTTP.")
     parser.add_argument("--host", default=None, help="default 127.0.0.1 (SERVE_HOST)")
     parser.add_argument("--port", type=int, default=None, help="default 8000 (SERVE_PORT)")
     parser.add_argument(

@@ -487,3 +487,18 @@ def test_a_port_out_of_range_stops_the_server_with_one_line(port: str, workers: 
     )
     assert proc.returncode == 2
     assert proc.stderr == f"imgserve: invalid --port {port}: a number from 0 to 65535\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
+        (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], says: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"imgserve: error: {says}") and line.endswith("(see imgserve --help)"), line
