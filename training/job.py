@@ -16,7 +16,7 @@ import numpy as np
 
 from registry import Registry, VersionMetadata
 from training.data import Dataset, load_dataset, write_digits
-from training.errors import NotPromotedError, ParityError
+from training.errors import NotPromotedError, ParityError, TrainingError
 
 BUILTIN_DATASETS = ("digits",)
 
@@ -79,7 +79,10 @@ def run(config: TrainConfig, *, registry: Registry | None = None) -> JobResult:
         _check_registry(config, registry)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = config.runs_dir / f"{stamp}-{config.name}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot make the run directory {run_dir}: {exc.strerror or exc}") from None
 
     data_root = config.data
     if config.dataset == "digits":

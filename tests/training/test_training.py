@@ -225,3 +225,48 @@ def test_a_registration_that_would_fail_stops_the_job_before_training(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("training: registry error: ") and message in line
     assert not runs.exists()  # no run was started
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--epochs", "0"], "--epochs 0: at least 1"),
+        (["--batch-size", "-2"], "--batch-size -2: at least 1"),
+        (["--image-size", "100000"], "--image-size 100000: from 8 to 1024 pixels"),
+        (["--learning-rate", "-1"], "--learning-rate -1.0: a positive number"),
+        (["--learning-rate", "nan"], "--learning-rate nan: a positive number"),
+        (["--seed", "-1"], "--seed -1: from 0 to 4294967295"),
+        (["--validation-split", "1.5"], "--validation-split 1.5: between 0 and 1"),
+        (["--patience", "-3"], "--patience -3: 0 or more"),
+        (["--max-per-class", "0"], "--max-per-class 0: at least 1"),
+        (["--min-accuracy", "2"], "--min-accuracy 2.0: from 0 to 1"),
+        (["--promote"], "--promote needs --register NAME"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_options_are_one_line_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    """Each of these used to train anyway (a negative learning rate for minutes, a huge image size
+    until the memory ran out) or print the whole usage block."""
+    from training.cli import main
+
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "digits", "--runs-dir", str(runs), *option])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"python -m training: error: {message} (see python -m training --help)"
+    assert not runs.exists()
+
+
+def test_a_runs_dir_that_cannot_be_made_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "digits", "--runs-dir", str(a_file)])
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"training: error: cannot make the run directory {a_file}/") and "Not a directory" in line
