@@ -45,7 +45,12 @@ class S3ArtifactStore:
                 raise InvalidInputError(
                     f"artifact store {url!r} needs boto3: install the `s3` extra (pip install 'imgserve[s3]')"
                 ) from None
-            client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+            from botocore.exceptions import BotoCoreError
+
+            try:
+                client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+            except (ValueError, BotoCoreError) as exc:  # AWS_ENDPOINT_URL that is no URL, a malformed region
+                raise InvalidInputError(f"artifact store {url!r}: cannot make an S3 client: {exc}") from None
         self.client = client
 
     def describe(self) -> str:

@@ -193,3 +193,12 @@ def test_a_local_store_is_copied_into_a_bucket(backend: Backend, s3: tuple[str, 
     assert "checked 3 artifacts, 0 problems" in cli(moved, "verify").stdout
     assert cli(moved, "export", "colors:2", str(tmp_path / "out")).returncode == 0
     assert (tmp_path / "out" / "model.onnx").read_bytes() == model.read_bytes()
+
+
+def test_an_endpoint_that_is_no_url_is_one_line(tmp_path: Path) -> None:
+    local = _sqlite_backend(tmp_path)
+    env = {**local.env, "REGISTRY_ARTIFACTS_URL": "s3://bucket/prefix", "AWS_ENDPOINT_URL": "not a url"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", "gc", "--dry-run"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert_one_line_error(proc, 4, "artifact store 's3://bucket/prefix': cannot make an S3 client: Invalid endpoint")
