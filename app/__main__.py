@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         import uvicorn
 
         from app.host import FATAL, cannot_listen, listen, stop_quietly
-        from app.main import create_app
+        from app.main import create_app, registry_settings_problem
         from app.protocol import protocol_with
 
+        registry_problem = registry_settings_problem(settings)
+        if registry_problem:
+            _fail(registry_problem)
         app = create_app(settings)
         if settings.require_gpu:
             from app.backend import GpuUnavailableError, choose_providers

@@ -386,7 +386,7 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
     from app.main import local_serving, ort_backend_factory
     from app.metrics import Metrics
     from app.settings import Settings
-    from registry import Registry
+    from registry import Registry, RegistryError
 
     settings = Settings()
     try:
@@ -395,7 +395,11 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
         log.error("%s", exc)
         return FATAL
     metrics = Metrics()
-    registry = Registry.from_settings(settings.registry)
+    try:
+        registry = Registry.from_settings(settings.registry)
+    except RegistryError as exc:  # a malformed setting: one line, and the host stops
+        log.error("%s", exc.message)
+        return FATAL
     loader_executor = ThreadPoolExecutor(2, thread_name_prefix="loader")
     endpoint: InferenceEndpoint | None = None
     stop = asyncio.Event()
@@ -451,11 +455,15 @@ def stop_quietly(server: uvicorn.Server) -> None:
 def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices: int) -> int:
     import uvicorn
 
-    from app.main import FrontEnd, create_app
+    from app.main import FrontEnd, create_app, registry_settings_problem
     from app.protocol import protocol_with
     from app.settings import Settings
 
     settings = Settings()
+    problem = registry_settings_problem(settings)
+    if problem:  # its start-up would fail with a traceback
+        log.error("%s", problem)
+        return FATAL
     servers: list[uvicorn.Server] = []  # uvicorn's SIGTERM handler sets should_exit, also while the app starts
     front_end = FrontEnd(
         run_dir=run_dir,

@@ -25,7 +25,7 @@ from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
 from app.serving import AsyncRegistry, LocalServing, Serving
 from app.settings import Settings, admin_tokens, get_settings
-from registry import Registry, VersionInfo
+from registry import Registry, RegistryError, VersionInfo
 from registry.cache import CachedStore
 
 log = logging.getLogger("app")
@@ -96,6 +96,17 @@ class FrontEnd:
     metrics_dir: Path
     devices: int = 1  # the host's inference processes
     stopping: Callable[[], bool] = lambda: False  # asked to stop (SIGTERM): while it starts, and while it drains
+
+
+def registry_settings_problem(settings: Settings) -> str | None:
+    """What is wrong with the registry's settings (a malformed database URL, an unknown kind of
+    artifact store, a bucket URL without a bucket), found without connecting to anything; None if
+    nothing. Checked before serving: the server's start-up would otherwise fail with a traceback."""
+    try:
+        Registry.from_settings(settings.registry, check=False).close()
+    except RegistryError as exc:
+        return exc.message
+    return None
 
 
 def create_app(

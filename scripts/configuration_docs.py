@@ -27,7 +27,9 @@ Generated from the settings' descriptions by `scripts/configuration_docs.py`; ed
 this page. Every setting is an environment variable. The server reads `SERVE_*` (groups
 nested with `__`, e.g. `SERVE_BATCHING__MAX_BATCH_SIZE`); the server, the `registry` CLI and
 the training job read `REGISTRY_*`. A value the server cannot use stops it at start with one
-line on stderr and exit status 2; so does `--port` out of range. An address it cannot listen on
+line on stderr and exit status 2; so does `--port` out of range. With `--workers` 2 or more, a
+malformed `REGISTRY_*` value (a database URL, an artifact store) is found by the processes that
+use it: each logs the line, and the host stops with status 3. An address it cannot listen on
 (a port another server holds, a host name that does not resolve) stops it with one line and exit
 status 1, before any model loads.
 """

@@ -454,6 +454,38 @@ async def test_a_server_started_while_the_database_is_down_answers_503_not_404(t
         assert "the registry has not answered" in r.json()["error"]
 
 
+@pytest.mark.parametrize(("workers", "status"), [("1", 2), ("2", 3)])
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("REGISTRY_DATABASE_URL", "garbage", "malformed database URL (REGISTRY_DATABASE_URL)"),
+        ("REGISTRY_DATABASE_URL", "nosuch://x/y", "unsupported database URL nosuch://x/y"),
+        ("REGISTRY_ARTIFACTS_URL", "s3://", "artifact store URL 's3://' names no bucket"),
+        ("REGISTRY_ARTIFACTS_URL", "ftp://x/y", "unsupported artifact store 'ftp://x/y'"),
+    ],
+)
+def test_a_malformed_registry_setting_stops_the_server_without_a_traceback(
+    tmp_path: Path, variable: str, value: str, says: str, workers: str, status: int
+) -> None:
+    """One process: one line and status 2, as for any malformed setting. A host: each of its processes
+    logs the line, and the host stops with status 3, as for any process that cannot start."""
+    env = {**os.environ, "REGISTRY_DATABASE_URL": f"sqlite:///{tmp_path}/r.db", variable: value}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--workers", workers, "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if workers == "1":
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("imgserve: ") and says in line
+    else:
+        assert says in proc.stderr and "cannot start (exit status 3)" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
