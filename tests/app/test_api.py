@@ -454,14 +454,15 @@ async def test_a_server_started_while_the_database_is_down_answers_503_not_404(t
         assert "the registry has not answered" in r.json()["error"]
 
 
-@pytest.mark.parametrize(("workers", "status"), [("1", 2), ("2", 3)])
 @pytest.mark.parametrize(
-    ("variable", "value", "says"),
+    ("variable", "value", "says", "workers", "status"),
     [
-        ("REGISTRY_DATABASE_URL", "garbage", "malformed database URL (REGISTRY_DATABASE_URL)"),
-        ("REGISTRY_DATABASE_URL", "nosuch://x/y", "unsupported database URL nosuch://x/y"),
-        ("REGISTRY_ARTIFACTS_URL", "s3://", "artifact store URL 's3://' names no bucket"),
-        ("REGISTRY_ARTIFACTS_URL", "ftp://x/y", "unsupported artifact store 'ftp://x/y'"),
+        ("REGISTRY_DATABASE_URL", "garbage", "malformed database URL (REGISTRY_DATABASE_URL)", "1", 2),
+        ("REGISTRY_DATABASE_URL", "garbage", "malformed database URL (REGISTRY_DATABASE_URL)", "2", 3),
+        ("REGISTRY_DATABASE_URL", "nosuch://x/y", "unsupported database URL nosuch://x/y", "1", 2),
+        ("REGISTRY_ARTIFACTS_URL", "s3://", "artifact store URL 's3://' names no bucket", "1", 2),
+        ("REGISTRY_ARTIFACTS_URL", "ftp://x/y", "unsupported artifact store 'ftp://x/y'", "1", 2),
+        ("REGISTRY_ARTIFACTS_URL", "ftp://x/y", "unsupported artifact store 'ftp://x/y'", "2", 3),
     ],
 )
 def test_a_malformed_registry_setting_stops_the_server_without_a_traceback(

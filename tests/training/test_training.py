@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Backend, TrainedRun, _sqlite_backend
-from training.data import write_digits
+from training.data import load_dataset, write_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.training
@@ -83,13 +83,14 @@ def test_exported_onnx_agrees_with_keras(digits_run: TrainedRun) -> None:
     assert np.abs(ort_out - keras_out).max() <= 1e-4
 
 
-def _two_class_folder(root: Path) -> None:
-    """Reddish vs bluish images in every supported format and several colour modes."""
-    rng = np.random.default_rng(0)
+def _two_class_folder(root: Path, count: int = 24, seed: int = 0) -> None:
+    """Reddish vs bluish images in every supported format and several colour modes, and one file
+    that is not an image."""
+    rng = np.random.default_rng(seed)
     for cls, channel in (("cat", 0), ("dog", 2)):
         folder = root / cls
         folder.mkdir(parents=True)
-        for i in range(24):
+        for i in range(count):
             pixels = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
             pixels[..., channel] = rng.integers(170, 255, (40, 48), dtype=np.uint8)
             img = Image.fromarray(pixels)
@@ -106,11 +107,17 @@ def _two_class_folder(root: Path) -> None:
 def test_two_classes_train_a_sigmoid_head_and_skip_corrupt_files(tmp_path: Path) -> None:
     data = tmp_path / "pets"
     _two_class_folder(data)
+    # A held-out folder with one image filed under both classes: no model scores 1.0 on it.
+    held_out = tmp_path / "pets-held-out"
+    _two_class_folder(held_out, count=5, seed=1)
+    (held_out / "dog" / "same.jpg").write_bytes((held_out / "cat" / "0.jpg").read_bytes())
     backend = _sqlite_backend(tmp_path)
     proc = train(
         backend,
         "--data",
         str(data),
+        "--test-data",
+        str(held_out),
         "--epochs",
         "1",
         "--image-size",
@@ -121,7 +128,7 @@ def test_two_classes_train_a_sigmoid_head_and_skip_corrupt_files(tmp_path: Path)
         "pets",
         "--promote",
         "--min-accuracy",
-        "1.01",
+        "1",
     )
     # Registered, but held below the accuracy bar: not promoted, and the exit code says so.
     assert proc.returncode == 5, proc.stderr
@@ -133,12 +140,24 @@ def test_two_classes_train_a_sigmoid_head_and_skip_corrupt_files(tmp_path: Path)
     assert info.contract.labels == ["cat", "dog"]
     assert info.contract.input.shape == [None, 32, 32, 3]
     assert info.metadata.params["augment"] is True
-    assert info.metadata.params["test_source"] == "split"
+    assert info.metadata.params["test_source"] == "folder"
     (run_dir,) = (tmp_path / "runs").iterdir()
     report = json.loads((run_dir / "report.json").read_text())
-    assert [Path(s["path"]).name for s in report["skipped_files"]] == ["broken.jpg"]
+    assert [Path(s["path"]).name for s in report["skipped_files"]] == ["broken.jpg", "broken.jpg"]
     session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape[1] == 1
+
+
+def test_without_a_held_out_folder_a_seeded_fifth_of_every_class_is_held_out(tmp_path: Path) -> None:
+    _two_class_folder(tmp_path / "pets")  # 24 images a class, and a broken file
+    first = load_dataset(tmp_path / "pets", size=(16, 16))
+    assert first.test_source == "split"
+    assert np.bincount(first.test.labels).tolist() == [5, 5]
+    assert np.bincount(first.train.labels).tolist() == [19, 19]
+    again = load_dataset(tmp_path / "pets", size=(16, 16))
+    assert again.test.files == first.test.files  # the seed fixes which
+    other = load_dataset(tmp_path / "pets", size=(16, 16), seed=7)
+    assert other.test.files != first.test.files
 
 
 @pytest.mark.parametrize(
