@@ -193,12 +193,19 @@ def register(
     if not isinstance(raw, dict):
         raise InvalidInputError(f"metadata file {str(meta)!r} must hold a JSON object")
     metadata = parse_metadata(raw)
+    extras: dict[str, Path] = {}
+    for path in extra or []:
+        if path.name in extras:  # an extra is kept under its file name: one would replace the other
+            raise InvalidInputError(
+                f"two --extra files are named {path.name!r} ({extras[path.name]}, {path}): rename one"
+            )
+        extras[path.name] = path
     with _registry() as reg:
         info = reg.register(
             name=name,
             onnx_path=model,
             metadata=metadata,
-            extras={p.name: p for p in extra or []},
+            extras=extras,
             actor=actor,
             description=description,
             allow_contract_change=allow_contract_change,

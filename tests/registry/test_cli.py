@@ -175,6 +175,30 @@ def test_bad_metadata_file(backend: Backend, files: tuple[Path, Path], tmp_path:
     )
 
 
+def test_two_extras_of_one_name_are_refused_not_one_dropped(
+    backend: Backend, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, meta = files
+    for run_name in ("a", "b"):
+        (tmp_path / run_name).mkdir()
+        (tmp_path / run_name / "curves.png").write_bytes(run_name.encode())
+    proc = run(
+        backend,
+        "register",
+        "colors",
+        str(model),
+        "--meta",
+        str(meta),
+        "--extra",
+        str(tmp_path / "a" / "curves.png"),
+        "--extra",
+        str(tmp_path / "b" / "curves.png"),
+        check=False,
+    )
+    assert_one_line_error(proc, 4, "two --extra files are named 'curves.png'")
+    assert json.loads(run(backend, "models", "--json").stdout) == []  # nothing registered
+
+
 def test_schema_out_of_date_and_upgrade(empty_backend: Backend) -> None:
     assert_one_line_error(run(empty_backend, "models", check=False), 7, "run `registry db upgrade`")
     assert "is at revision" in run(empty_backend, "db", "upgrade").stdout
