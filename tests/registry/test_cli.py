@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Backend, PostgresServer
+from tests.conftest import Backend, PostgresServer, _sqlite_backend
 from tests.netutil import tcp_forwarder
 from tests.onnx_models import color_classifier, color_metadata
 from tests.server import free_port
@@ -96,10 +96,10 @@ def test_export_then_register_elsewhere(backend: Backend, files: tuple[Path, Pat
     assert copied["sha256"] == original["sha256"]
 
 
-def test_export_keeps_other_files_unless_told_and_runs_again(
-    backend: Backend, files: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """A directory that already holds a different model.onnx (a training run's) is left as it is."""
+def test_export_keeps_other_files_unless_told_and_runs_again(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """A directory that already holds a different model.onnx (a training run's) is left as it is.
+    (The files are the CLI's business: one kind of database is enough.)"""
+    backend = _sqlite_backend(tmp_path)
     model, meta = files
     run(backend, "register", "colors", str(model), "--meta", str(meta))
     out_dir = tmp_path / "run"
@@ -175,9 +175,8 @@ def test_bad_metadata_file(backend: Backend, files: tuple[Path, Path], tmp_path:
     )
 
 
-def test_two_extras_of_one_name_are_refused_not_one_dropped(
-    backend: Backend, files: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_two_extras_of_one_name_are_refused_not_one_dropped(files: tuple[Path, Path], tmp_path: Path) -> None:
+    backend = _sqlite_backend(tmp_path)
     model, meta = files
     for run_name in ("a", "b"):
         (tmp_path / run_name).mkdir()
