@@ -626,8 +626,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             run_scenarios("naive", proc, naive_scenarios, with_metrics=False)
 
     print(f"the server, default settings ({workers} workers) ...", flush=True)
-    with start(server(), env, "/readyz", work / "server.log") as proc:
-        results["server"] = {"start_to_ready_s": proc.ready_after_s, "workers": workers}
+    with start(server(workers), env, "/readyz", work / "server.log") as proc:
+        front_ends = sum(1 for role in proc.roles().values() if role == "frontend")
+        results["server"] = {"start_to_ready_s": proc.ready_after_s, "workers": front_ends or 1}  # as counted
         results["machine"]["provider"] = httpx.get(proc.url + "/v1/models/digits").json()["loaded"][0]["provider"]
         run_scenarios("server", proc, server_scenarios, with_metrics=True)
         if wanted("S6 beside slow clients"):

@@ -63,6 +63,7 @@ def test_smoke_run_writes_complete_results(digits_run: TrainedRun, tmp_path: Pat
     assert len(baselines["batcher_in_process"]["trials_ort_same_batch_images_per_s"]) == 3
     assert baselines["http_ceiling"]["throughput_rps"] > 0
     assert results["server"]["start_to_ready_s"] > 0
+    assert results["server"]["workers"] == results["workers"]  # the server ran with the workers asked for
     assert results["server"]["rss_mb_after_run"] > 10
 
     scenarios = results["scenarios"]
