@@ -71,6 +71,17 @@ def open_store(location: str | Path) -> ArtifactStore:
     return LocalArtifactStore(Path(text.removeprefix("file://")))
 
 
+def write_replacing(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all: written under a temporary name beside it, then
+    renamed over it. A temporary left by a failed write is removed."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def open_source(source: Path) -> BinaryIO:
     """A file to store, opened for reading; a StorageError naming it if it cannot be."""
     try:

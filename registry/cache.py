@@ -12,13 +12,12 @@ import contextlib
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, write_replacing
 
 
 @dataclass
@@ -74,9 +73,7 @@ class CachedStore:
         path = self.path_for(sha256)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha256}.{uuid.uuid4().hex}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_replacing(path, data)
         except OSError:
             return  # a cache that cannot be written only costs downloads
         self._evict()

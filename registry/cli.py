@@ -11,7 +11,6 @@ The database and store libraries are imported inside the commands that use them,
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -331,6 +330,7 @@ def export(
     run again) or --overwrite is given: DIR may be a training run's directory, whose model.onnx is
     not in the registry. Each file is written under a temporary name and renamed, so an export
     that is killed leaves no half-written model."""
+    from registry.artifacts import write_replacing
     from registry.errors import ConflictError, InvalidInputError
     from registry.service import Reference
 
@@ -350,7 +350,8 @@ def export(
                 "export to a new or empty directory, or pass --overwrite"
             )
     for name, content in files.items():
-        _write_replacing(directory / name, content)
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        write_replacing(directory / name, content)
     typer.echo(f"exported {info.model_name} v{info.version} to {directory}")
 
 
@@ -358,17 +359,6 @@ def _holds_other(path: Path, content: bytes) -> bool:
     if not path.exists():
         return False
     return not path.is_file() or path.stat().st_size != len(content) or path.read_bytes() != content
-
-
-def _write_replacing(path: Path, content: bytes) -> None:
-    """``content`` at ``path``: under a temporary name in the same directory first, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(content)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 @app.command()
