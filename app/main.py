@@ -133,7 +133,6 @@ def create_app(
 
         app.state.settings = settings
         app.state.admin_tokens = tokens
-        app.state.metrics = metrics
         app.state.registry = AsyncRegistry(registry, loader_executor)
         app.state.decode_executor = decode_executor
         app.state.decode_budget = DecodeBudget(settings.limits.decode_capacity_pixels, on_idle=trim_after_burst)
@@ -179,6 +178,7 @@ def create_app(
         # (docs/decisions/0002): only when asked to.
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.metrics = metrics  # here, not in the lifespan: the HTTP protocol counts into it too
     app.include_router(v1.router)
     app.include_router(admin.router)
     app.include_router(v2.router)

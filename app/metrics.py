@@ -88,6 +88,12 @@ class Metrics:
         self.shed = Counter(
             "requests_shed_overload", "Inference requests refused with 503 unread: too many in flight", registry=r
         )
+        self.protocol_errors = Counter(
+            "http_protocol_errors",
+            "Requests answered by the HTTP layer before the app: 400 unparseable, 408 headers not in time",
+            ["status"],
+            registry=r,
+        )
         self.dropped = Counter(
             "batch_rows_dropped",
             "Rows taken out of a batch queue unrun: their clients hung up while they waited",
@@ -116,6 +122,10 @@ class Metrics:
                 images.inc(stats.rows)
 
         return observe
+
+    def refused_by_protocol(self, status: int) -> None:
+        """A request the HTTP protocol answered itself (`app.protocol`), unseen by the app."""
+        self.protocol_errors.labels(str(status)).inc()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -14,7 +14,10 @@ its own; here they leave together in one (`Corked`), as soon as the response is 
 the middleware's work after it (metrics) runs.
 
 A request the parser cannot read (a malformed request line or header) gets a 400 with a JSON body,
-as every other error does, and the connection is closed.
+as every other error does, and the connection is closed. These answers, and the 408s, never reach
+the app, so its metrics cannot count them: the protocol reports them (`on_refused`). uvicorn logs a
+warning for each unparseable request; a client sending garbage would fill the log with them, so
+that warning is let through at most once a minute, with how many it stands for (`QuietParserLog`).
 
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import MutableMapping
+import logging
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -81,8 +86,40 @@ class Corked:
         return getattr(self._transport, name)
 
 
+class QuietParserLog(logging.Filter):
+    """Lets uvicorn's warning about an unparseable request through at most once per ``interval``
+    seconds; the one let through says how many it stands for."""
+
+    MESSAGE = "Invalid HTTP request received."
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = "%s (and %d more since the last such warning; http_protocol_errors_total counts them all)"
+            record.args = (self.MESSAGE.rstrip("."), self._held)
+        self._held = 0
+        self._next = now + self.interval
+        return True
+
+
+_UVICORN_LOG = logging.getLogger("uvicorn.error")  # the logger uvicorn's protocols write to
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
+    on_refused: Callable[[int], None] | None = None  # told the status of each request refused here
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,6 +143,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         own is plain text."""
         self.transport.write(MALFORMED_RESPONSE)
         self.transport.close()
+        self._refused(400)
 
     def on_response_complete(self) -> None:
         cast(Corked, self.transport).flush()  # the response's head and body, in one system call
@@ -134,9 +172,23 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:  # between requests, nothing is running
             self.transport.write(TIMEOUT_RESPONSE)
+            self._refused(408)
         self.transport.close()
 
+    def _refused(self, status: int) -> None:
+        if self.on_refused is not None:
+            self.on_refused(status)
 
-def protocol_with(header_timeout: float) -> type[HeaderTimeoutProtocol]:
-    """The protocol class uvicorn instantiates per connection, with this deadline."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
+
+def protocol_with(
+    header_timeout: float, on_refused: Callable[[int], None] | None = None
+) -> type[HeaderTimeoutProtocol]:
+    """The protocol class uvicorn instantiates per connection, with this deadline; ``on_refused``
+    is told the status (400, 408) of each request answered here, before the app. uvicorn's warning
+    for each unparseable request is thinned from here on (`QuietParserLog`)."""
+    if not any(isinstance(existing, QuietParserLog) for existing in _UVICORN_LOG.filters):
+        _UVICORN_LOG.addFilter(QuietParserLog())
+    attributes: dict[str, Any] = {"header_timeout": header_timeout}
+    if on_refused is not None:
+        attributes["on_refused"] = staticmethod(on_refused)
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), attributes)

@@ -286,6 +286,25 @@ def test_unparseable_requests_get_a_json_400_and_a_closed_connection(server: Ser
     STATUSES.append(("unparseable", 400))
 
 
+def test_a_client_sending_garbage_is_counted_and_does_not_fill_the_log(server: Server) -> None:
+    for _ in range(30):
+        with socket.create_connection(address(server)) as sock:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost x\r\n\r\n")
+            assert read_until_closed(sock, timeout=10).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(address(server)) as sock:  # and one that never sends its headers
+        assert read_until_closed(sock, timeout=10).startswith(b"HTTP/1.1 408")
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert protocol_errors(metrics, 400) >= 30  # with the earlier tests' own
+    assert protocol_errors(metrics, 408) >= 1
+    warnings = [line for line in server.log_text().splitlines() if "Invalid HTTP request received" in line]
+    assert len(warnings) == 1, warnings  # within a minute of the first
+
+
+def protocol_errors(metrics: str, status: int) -> float:
+    prefix = f'http_protocol_errors_total{{status="{status}"}} '
+    return sum(float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix))
+
+
 def test_head_on_health_routes(server: Server) -> None:
     for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
         assert record("head", httpx.head(f"{server.url}{path}", timeout=10)).status_code == 200

@@ -99,3 +99,50 @@ async def test_the_server_writes_a_response_in_one_call_before_the_work_after_it
     [(call, parts)] = calls
     assert call == "writelines" and parts[0].startswith(b"HTTP/1.1 200 OK\r\n") and parts[1] == b"{}"
     assert transport.calls == calls  # nothing more was written
+
+
+async def test_requests_refused_before_the_app_are_reported_with_their_status() -> None:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from app.protocol import protocol_with
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app never sees these requests")
+
+    refused: list[int] = []
+    config = Config(app=app, lifespan="off", log_level="warning")
+    protocol_class = protocol_with(0.05, refused.append)
+    garbage = protocol_class(config=config, server_state=ServerState(), app_state={})
+    garbage.connection_made(cast(asyncio.Transport, Recording()))
+    garbage.data_received(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+    silent = protocol_class(config=config, server_state=ServerState(), app_state={})
+    silent.connection_made(cast(asyncio.Transport, Recording()))
+    await asyncio.sleep(0.2)  # past the header deadline
+    assert refused == [400, 408]
+
+
+def test_the_unparseable_request_warning_is_let_through_once_a_minute_with_a_count() -> None:
+    import logging
+
+    from app.protocol import QuietParserLog
+
+    now = [0.0]
+    quiet = QuietParserLog(interval=60.0, clock=lambda: now[0])
+
+    def warned(message: str = QuietParserLog.MESSAGE) -> str | None:
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, None, None)
+        return record.getMessage() if quiet.filter(record) else None
+
+    assert warned() == "Invalid HTTP request received."
+    assert [warned() for _ in range(99)] == [None] * 99
+    assert warned("Unsupported upgrade request.") == "Unsupported upgrade request."  # others pass
+    now[0] = 61.0
+    said = warned()
+    assert said is not None and "99 more" in said and "http_protocol_errors_total" in said
+    assert warned() is None
+    now[0] = 200.0
+    said = warned()
+    assert said is not None and "1 more" in said
+    now[0] = 300.0
+    assert warned() == "Invalid HTTP request received."  # nothing was held back since the last one
