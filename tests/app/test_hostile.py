@@ -31,14 +31,18 @@ STATUSES: list[tuple[str, int]] = []  # every answer this module got: none may b
 
 
 def rss_mb(pid: int) -> float:
+    """The resident memory of ``pid`` and of its children (a host's front ends and inference process)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+            total = int(line.split()[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(rss_mb(int(child)) for child in children)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One process, and a host of two front ends: the limits below are per front end."""
     root = tmp_path_factory.mktemp("hostile")
     backend = _sqlite_backend(root)
     with backend.registry() as reg:
@@ -52,7 +56,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "SERVE_LIMITS__MAX_INFLIGHT_REQUESTS": "4",
         "SERVE_WARMUP_BATCH_SIZES": "[1]",
     }
-    with server_process(env, workers=1) as running:  # one process: the limits below are per process
+    with server_process(env, workers=request.param) as running:
+        running.workers = request.param  # type: ignore[attr-defined]
         running.ready_rss = rss_mb(running.proc.pid)  # type: ignore[attr-defined]
         yield running
 
@@ -297,7 +302,7 @@ def test_a_client_sending_garbage_is_counted_and_does_not_fill_the_log(server: S
     assert protocol_errors(metrics, 400) >= 30  # with the earlier tests' own
     assert protocol_errors(metrics, 408) >= 1
     warnings = [line for line in server.log_text().splitlines() if "Invalid HTTP request received" in line]
-    assert len(warnings) == 1, warnings  # within a minute of the first
+    assert 1 <= len(warnings) <= server.workers, warnings  # type: ignore[attr-defined] # once a minute per front end
 
 
 def protocol_errors(metrics: str, status: int) -> float:
