@@ -169,6 +169,38 @@ def _bilevel_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+def test_pipelining_without_reading_neither_grows_memory_nor_delays_others(server: Server) -> None:
+    """Each connection sends a read's worth (256 KB, ~7,700 requests) of pipelined requests and
+    reads nothing: the server queues a few per connection, answers them, and closes."""
+    from app.protocol import MAX_PIPELINED
+
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    pipelined = request * (256_000 // len(request))
+    connections = [socket.create_connection(address(server)) for _ in range(20)]
+    try:
+        for sock in connections:
+            sock.sendall(pipelined)
+        started = time.monotonic()
+        assert predict(server).status_code == 200
+        beside = time.monotonic() - started
+        answers = [read_until_closed(sock, timeout=10) for sock in connections]
+    finally:
+        for sock in connections:
+            sock.close()
+    print(f"a request beside 20 pipelining connections took {beside * 1000:.0f} ms")
+    assert beside < 2  # it took 8 s behind 50 such connections when all their requests were queued
+    for answer in answers:
+        assert answer.count(b"HTTP/1.1 200 OK") == MAX_PIPELINED + 1  # the one being answered, and those queued
+        assert answer.count(b"connection: close") == 1 and answer.rstrip().endswith(b"}")
+    with socket.create_connection(address(server)) as sock:  # moderate pipelining is served whole
+        sock.sendall(request * 3)
+        sock.settimeout(10)
+        got = b""
+        while got.count(b"HTTP/1.1 200 OK") < 3 and (chunk := sock.recv(65536)):
+            got += chunk
+        assert got.count(b"HTTP/1.1 200 OK") == 3 and b"connection: close" not in got
+
+
 def test_decode_bombs_are_refused_before_decoding(server: Server) -> None:
     bomb = _bilevel_png(6300)  # ~5 KB, 39.7 MP: under the header limit, over the decoded-pixel one
     assert len(bomb) < 10_000
