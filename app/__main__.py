@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
-        http=protocol_with(settings.limits.header_timeout_s, app.state.metrics.refused_by_protocol),
+        http=protocol_with(
+            settings.limits.header_timeout_s, settings.limits.send_timeout_s, app.state.metrics.closed_by_protocol
+        ),
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
     server = uvicorn.Server(config)

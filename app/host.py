@@ -479,7 +479,9 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
         log_level=log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
-        http=protocol_with(settings.limits.header_timeout_s, app.state.metrics.refused_by_protocol),
+        http=protocol_with(
+            settings.limits.header_timeout_s, settings.limits.send_timeout_s, app.state.metrics.closed_by_protocol
+        ),
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
     server = uvicorn.Server(config)

@@ -88,10 +88,11 @@ class Metrics:
         self.shed = Counter(
             "requests_shed_overload", "Inference requests refused with 503 unread: too many in flight", registry=r
         )
-        self.protocol_errors = Counter(
-            "http_protocol_errors",
-            "Requests answered by the HTTP layer before the app: 400 unparseable, 408 headers not in time",
-            ["status"],
+        self.closed_early = Counter(
+            "http_connections_closed_early",
+            "Connections the HTTP layer closed on its own: a request it could not parse (400), headers not in "
+            "time (408), answers the client did not read in time (send_timeout)",
+            ["reason"],
             registry=r,
         )
         self.dropped = Counter(
@@ -123,9 +124,9 @@ class Metrics:
 
         return observe
 
-    def refused_by_protocol(self, status: int) -> None:
-        """A request the HTTP protocol answered itself (`app.protocol`), unseen by the app."""
-        self.protocol_errors.labels(str(status)).inc()
+    def closed_by_protocol(self, reason: str) -> None:
+        """A connection the HTTP protocol closed on its own (`app.protocol`), unseen by the app."""
+        self.closed_early.labels(reason).inc()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -1,10 +1,18 @@
-"""uvicorn's httptools protocol with a deadline for request headers.
+"""uvicorn's httptools protocol with deadlines for request headers and for clients reading answers.
 
 uvicorn closes a connection that idles between requests (`timeout_keep_alive`), but not one
 that never sends a request, nor one that sends its headers a byte at a time: 1,000 such
 connections stayed open indefinitely. Here every request's headers must be complete within
 `header_timeout` seconds of the connection opening, or of the request's first byte; past it
 the connection gets a 408 and is closed.
+
+A client that sends requests but does not read the answers would hold their admission slots for
+as long as it keeps the connection: once the kernel's buffers and the transport's are full, the
+request writing its answer waits, in flight. Four such connections, each sending requests of 32
+images and reading nothing, held all 4 slots of a server after about 175 requests each, and every
+other client got 503 from then on. Here a connection whose writes have stood still (the transport
+paused, above its high-water mark) for `send_timeout` seconds is aborted: the waiting requests
+end, their slots free.
 
 When a connection is lost while its request still waits for an answer, the request is told
 (`app.disconnect`), so rows nobody will read are not computed.
@@ -17,14 +25,17 @@ A client may pipeline requests (send the next before the answer to the last), bu
 `MAX_PIPELINED` wait behind the one being answered. uvicorn parses whatever a read brings: one
 read of 256 KB held about 7,700 tiny requests, each queued with its own state (~3 KB), and 50
 connections that pipelined without reading their answers took the server from 170 MB to over
-1 GB while a normal request waited 8 s. Past the limit nothing more is read from the connection;
-the requests already queued are answered, the last with `connection: close`, and the connection
-is closed. HTTP/1.1 clients retry the requests a closed connection left unanswered (RFC 9112,
-9.3.2).
+1 GB while a normal request waited 8 s. Past the limit nothing more is parsed: the requests
+already queued are answered, then the server half-closes the connection and closes it once the
+client has (or after `LINGER_S`), reading and dropping what it still sends meanwhile. Closing with
+unread data would reset the connection, and a reset can make the client's system drop answers
+it has not read yet. HTTP/1.1 clients send the requests a closed connection left unanswered again
+(RFC 9112, 9.3.2).
 
 A request the parser cannot read (a malformed request line or header) gets a 400 with a JSON body,
 as every other error does, and the connection is closed. These answers, and the 408s, never reach
-the app, so its metrics cannot count them: the protocol reports them (`on_refused`). uvicorn logs a
+the app, so its metrics cannot count them: the protocol reports them, and the send timeouts
+(`on_closed`). uvicorn logs a
 warning for each unparseable request; a client sending garbage would fill the log with them, so
 that warning is let through at most once a minute, with how many it stands for (`QuietParserLog`).
 
@@ -117,8 +128,8 @@ class QuietParserLog(logging.Filter):
             self._held += 1
             return False
         if self._held:
-            record.msg = "%s (and %d more since the last such warning; http_protocol_errors_total counts them all)"
-            record.args = (self.MESSAGE.rstrip("."), self._held)
+            record.msg = "%s (and %d more since the last such warning; %s counts them all)"
+            record.args = (self.MESSAGE.rstrip("."), self._held, "http_connections_closed_early_total")
         self._held = 0
         self._next = now + self.interval
         return True
@@ -127,6 +138,7 @@ class QuietParserLog(logging.Filter):
 _UVICORN_LOG = logging.getLogger("uvicorn.error")  # the logger uvicorn's protocols write to
 
 MAX_PIPELINED = 16  # requests a connection may have waiting behind the one being answered
+LINGER_S = 2.0  # after a full pipeline's last answer: how long the client has to close its side
 
 
 class _PipelineFull(Exception):
@@ -135,12 +147,14 @@ class _PipelineFull(Exception):
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
-    on_refused: Callable[[int], None] | None = None  # told the status of each request refused here
+    send_timeout: float = 30.0
+    on_closed: Callable[[str], None] | None = None  # told why, each time a connection is closed here
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._reading = True  # False once the pipeline was full: nothing more is parsed
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, but a full pipeline stops reading instead of counting as a malformed request."""
@@ -166,9 +180,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:
-            self._reading = False
-            newest, _ = self.pipeline[0]  # queued with appendleft
-            newest.keep_alive = False  # its answer says connection: close, then the connection closes
+            self._reading = False  # on_response_complete closes the connection after the queued answers
             raise _PipelineFull
         super().on_message_begin()
         if self._header_timer is None:
@@ -183,14 +195,27 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         own is plain text."""
         self.transport.write(MALFORMED_RESPONSE)
         self.transport.close()
-        self._refused(400)
+        self._closed("malformed")
 
     def on_response_complete(self) -> None:
         cast(Corked, self.transport).flush()  # the response's head and body, in one system call
         super().on_response_complete()
+        if not self._reading and self.cycle is not None and self.cycle.response_complete:  # the newest is answered
+            self._linger()
+
+    def _linger(self) -> None:
+        """The last answer of a full pipeline is written: end the connection without resetting it."""
+        if self.transport.is_closing():
+            return
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        self.transport.write_eof()  # after what is buffered; the client's end of file closes the transport
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self._cancel_send_timer()
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
@@ -212,23 +237,45 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:  # between requests, nothing is running
             self.transport.write(TIMEOUT_RESPONSE)
-            self._refused(408)
+            self._closed("header_timeout")
         self.transport.close()
 
-    def _refused(self, status: int) -> None:
-        if self.on_refused is not None:
-            self.on_refused(status)
+    def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark: the client is not reading."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.send_timeout, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._cancel_send_timer()
+        super().resume_writing()
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if not self.transport.is_closing():
+            self._closed("send_timeout")
+        self.transport.abort()  # close() would wait for the unread answers to be written, forever
+
+    def _closed(self, reason: str) -> None:
+        if self.on_closed is not None:
+            self.on_closed(reason)
 
 
 def protocol_with(
-    header_timeout: float, on_refused: Callable[[int], None] | None = None
+    header_timeout: float, send_timeout: float = 30.0, on_closed: Callable[[str], None] | None = None
 ) -> type[HeaderTimeoutProtocol]:
-    """The protocol class uvicorn instantiates per connection, with this deadline; ``on_refused``
-    is told the status (400, 408) of each request answered here, before the app. uvicorn's warning
-    for each unparseable request is thinned from here on (`QuietParserLog`)."""
+    """The protocol class uvicorn instantiates per connection, with these deadlines; ``on_closed``
+    is told why each time the protocol closes a connection on its own: "malformed" (a 400),
+    "header_timeout" (a 408), "send_timeout". uvicorn's warning for each unparseable request is
+    thinned from here on (`QuietParserLog`)."""
     if not any(isinstance(existing, QuietParserLog) for existing in _UVICORN_LOG.filters):
         _UVICORN_LOG.addFilter(QuietParserLog())
-    attributes: dict[str, Any] = {"header_timeout": header_timeout}
-    if on_refused is not None:
-        attributes["on_refused"] = staticmethod(on_refused)
+    attributes: dict[str, Any] = {"header_timeout": header_timeout, "send_timeout": send_timeout}
+    if on_closed is not None:
+        attributes["on_closed"] = staticmethod(on_closed)
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), attributes)

@@ -88,6 +88,12 @@ class LimitSettings(BaseModel):
         "the request's first byte); otherwise it is closed. Bounds idle and slow-header connections",
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle time between requests before a close")
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a connection whose client has not read the answers written to it for this many seconds is "
+        "closed, and the requests waiting to write theirs let go of their admission slots",
+    )
     body_timeout_s: float = Field(
         60.0, gt=0, description="a request body must have arrived this many seconds after its headers (408)"
     )

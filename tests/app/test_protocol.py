@@ -30,6 +30,10 @@ class Recording:
         self.calls.append(("close", []))
         self.closing = True
 
+    def abort(self) -> None:
+        self.calls.append(("abort", []))
+        self.closing = True
+
     def pause_reading(self) -> None:
         self.paused = True
 
@@ -101,7 +105,7 @@ async def test_the_server_writes_a_response_in_one_call_before_the_work_after_it
     assert transport.calls == calls  # nothing more was written
 
 
-async def test_requests_refused_before_the_app_are_reported_with_their_status() -> None:
+async def test_connections_the_protocol_closes_are_reported_with_why() -> None:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -110,16 +114,16 @@ async def test_requests_refused_before_the_app_are_reported_with_their_status() 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise AssertionError("the app never sees these requests")
 
-    refused: list[int] = []
+    closed: list[str] = []
     config = Config(app=app, lifespan="off", log_level="warning")
-    protocol_class = protocol_with(0.05, refused.append)
+    protocol_class = protocol_with(0.05, 0.05, closed.append)
     garbage = protocol_class(config=config, server_state=ServerState(), app_state={})
     garbage.connection_made(cast(asyncio.Transport, Recording()))
     garbage.data_received(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
     silent = protocol_class(config=config, server_state=ServerState(), app_state={})
     silent.connection_made(cast(asyncio.Transport, Recording()))
     await asyncio.sleep(0.2)  # past the header deadline
-    assert refused == [400, 408]
+    assert closed == ["malformed", "header_timeout"]
 
 
 def test_the_unparseable_request_warning_is_let_through_once_a_minute_with_a_count() -> None:
@@ -139,10 +143,35 @@ def test_the_unparseable_request_warning_is_let_through_once_a_minute_with_a_cou
     assert warned("Unsupported upgrade request.") == "Unsupported upgrade request."  # others pass
     now[0] = 61.0
     said = warned()
-    assert said is not None and "99 more" in said and "http_protocol_errors_total" in said
+    assert said is not None and "99 more" in said and "http_connections_closed_early_total" in said
     assert warned() is None
     now[0] = 200.0
     said = warned()
     assert said is not None and "1 more" in said
     now[0] = 300.0
     assert warned() == "Invalid HTTP request received."  # nothing was held back since the last one
+
+
+async def test_a_connection_whose_client_reads_nothing_is_aborted_after_the_send_timeout() -> None:
+    """Paused writing (the transport above its high-water mark) for the send timeout: the
+    connection is dropped, with what it still held; resumed in time, nothing happens."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from app.protocol import protocol_with
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        return
+
+    closed: list[str] = []
+    config = Config(app=app, lifespan="off", log_level="warning")
+    protocol = protocol_with(10.0, 0.05, closed.append)(config=config, server_state=ServerState(), app_state={})
+    transport = Recording()
+    protocol.connection_made(cast(asyncio.Transport, transport))
+    protocol.pause_writing()
+    protocol.resume_writing()  # the client read: the timer stops
+    await asyncio.sleep(0.1)
+    assert transport.calls == [] and closed == []
+    protocol.pause_writing()
+    await asyncio.sleep(0.1)
+    assert transport.calls == [("abort", [])] and closed == ["send_timeout"]
