@@ -379,6 +379,17 @@ def closed_early(metrics: str, reason: str) -> float:
     return sum(float(line.removeprefix(prefix)) for line in metrics.splitlines() if line.startswith(prefix))
 
 
+@pytest.mark.parametrize("upgrade", ["h2c", "websocket"])
+def test_upgrade_requests_get_an_answer(server: Server, upgrade: str) -> None:
+    """The server speaks neither HTTP/2 nor WebSocket: an upgrade request is answered as HTTP/1.1
+    (h2c) or refused (no WebSocket route), never with a 5xx or a dropped connection."""
+    headers = {"Connection": "Upgrade", "Upgrade": upgrade}
+    if upgrade == "websocket":
+        headers |= {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    r = record(f"upgrade {upgrade}", httpx.get(f"{server.url}/healthz", headers=headers, timeout=10))
+    assert r.status_code == (200 if upgrade == "h2c" else 403), r.text
+
+
 def test_head_on_health_routes(server: Server) -> None:
     for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
         assert record("head", httpx.head(f"{server.url}{path}", timeout=10)).status_code == 200
