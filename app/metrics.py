@@ -90,8 +90,9 @@ class Metrics:
         )
         self.closed_early = Counter(
             "http_connections_closed_early",
-            "Connections the HTTP layer closed on its own: a request it could not parse (400), headers not in "
-            "time (408), answers the client did not read in time (send_timeout)",
+            "Connections the HTTP layer closed on its own: a request it could not parse (malformed, 400), headers "
+            "not in time (header_timeout, 408), a request line and headers over 64 KiB (head_too_large, 414 or "
+            "431), answers the client did not read in time (send_timeout)",
             ["reason"],
             registry=r,
         )
