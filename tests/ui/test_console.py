@@ -379,11 +379,13 @@ def test_try_it_gives_the_same_top1_as_v1(browser: WebDriver, server: Server, tm
 
 
 def tab_to(driver: WebDriver, css: str, limit: int = 300) -> WebElement:
-    """Press Tab until the element matching ``css`` has the focus: it is reachable from the keyboard."""
-    target = driver.find_element(By.CSS_SELECTOR, css)
+    """Press Tab until the element matching ``css`` has the focus: it is reachable from the keyboard.
+    The element is looked up again on each press: a page drawn again meanwhile replaces it with an
+    equal one, and the old one never gets the focus."""
     for _ in range(limit):
-        if driver.switch_to.active_element == target:
-            return target
+        active = driver.switch_to.active_element
+        if active in driver.find_elements(By.CSS_SELECTOR, css):
+            return active
         webdriver.ActionChains(driver).send_keys(Keys.TAB).perform()
     raise AssertionError(f"{css} cannot be reached with Tab")
 

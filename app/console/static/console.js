@@ -443,6 +443,7 @@ document.getElementById("confirm-ok").addEventListener("click", async () => {
   const button = document.getElementById("confirm-ok");
   const error = document.getElementById("confirm-error");
   button.disabled = true;
+  document.body.dataset.ready = ""; // the page changes once the action is done: not settled until then
   try {
     const message = await confirmAction(document.getElementById("confirm-reason").value);
     dialog.close();
@@ -451,6 +452,7 @@ document.getElementById("confirm-ok").addEventListener("click", async () => {
   } catch (err) {
     error.textContent = err.message;
     error.hidden = false;
+    document.body.dataset.ready = location.hash || "#/"; // refused: the page stays as it was
   } finally {
     button.disabled = false;
   }
