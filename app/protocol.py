@@ -39,9 +39,9 @@ answered 414 (a URL that long) or 431, and the connection is closed.
 A request the parser cannot read (a malformed request line or header) gets a 400 with a JSON body,
 as every other error does, and the connection is closed. These answers, and the 408s, never reach
 the app, so its metrics cannot count them: the protocol reports them, and the send timeouts
-(`on_closed`). uvicorn logs a
-warning for each unparseable request; a client sending garbage would fill the log with them, so
-that warning is let through at most once a minute, with how many it stands for (`QuietParserLog`).
+(`on_closed`). uvicorn logs a warning for each unparseable request; a client sending garbage
+would fill the log with them, so here it is written at most once a minute, with how many it
+stands for (`ParserWarnings`).
 
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, cast
@@ -115,35 +114,35 @@ class Corked:
         return getattr(self._transport, name)
 
 
-class QuietParserLog(logging.Filter):
-    """Lets uvicorn's warning about an unparseable request through at most once per ``interval``
-    seconds; the one let through says how many it stands for."""
+class ParserWarnings:
+    """The warning for an unparseable request, at most once per ``interval`` seconds; the one
+    written says how many it stands for."""
 
     MESSAGE = "Invalid HTTP request received."
 
     def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
         self.interval = interval
         self._clock = clock
         self._next = float("-inf")
         self._held = 0
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg != self.MESSAGE:
-            return True
+    def next(self) -> str | None:
+        """The warning to write for one more unparseable request; None: not yet."""
         now = self._clock()
         if now < self._next:
             self._held += 1
-            return False
-        if self._held:
-            record.msg = "%s (and %d more since the last such warning; %s counts them all)"
-            record.args = (self.MESSAGE.rstrip("."), self._held, "http_connections_closed_early_total")
-        self._held = 0
+            return None
+        held, self._held = self._held, 0
         self._next = now + self.interval
-        return True
+        if not held:
+            return self.MESSAGE
+        return (
+            f"{self.MESSAGE.rstrip('.')} (and {held} more since the last such warning; "
+            "http_connections_closed_early_total counts them all)"
+        )
 
 
-_UVICORN_LOG = logging.getLogger("uvicorn.error")  # the logger uvicorn's protocols write to
+_PARSER_WARNINGS = ParserWarnings()  # one per process, for all its connections
 
 MAX_PIPELINED = 16  # requests a connection may have waiting behind the one being answered
 MAX_HEAD_BYTES = 64 * 1024  # a request's URL and headers together
@@ -168,7 +167,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, but a parser callback may stop reading on purpose (`_StopParsing`): that is not a
-        malformed request."""
+        malformed request. The warning for one that is comes at most once a minute (`ParserWarnings`)."""
         if not self._reading:
             return
         self._unset_keepalive_if_required()
@@ -177,8 +176,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             if not self._reading:  # a callback stopped the parser: see MAX_PIPELINED, MAX_HEAD_BYTES
                 return
-            self.logger.warning(QuietParserLog.MESSAGE)
-            self.send_400_response(QuietParserLog.MESSAGE)
+            if (warning := _PARSER_WARNINGS.next()) is not None:
+                self.logger.warning(warning)
+            self.send_400_response(ParserWarnings.MESSAGE)
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
@@ -306,10 +306,7 @@ def protocol_with(
 ) -> type[HeaderTimeoutProtocol]:
     """The protocol class uvicorn instantiates per connection, with these deadlines; ``on_closed``
     is told why each time the protocol closes a connection on its own: "malformed" (a 400),
-    "header_timeout" (a 408), "head_too_large" (a 414 or 431), "send_timeout". uvicorn's warning
-    for each unparseable request is thinned from here on (`QuietParserLog`)."""
-    if not any(isinstance(existing, QuietParserLog) for existing in _UVICORN_LOG.filters):
-        _UVICORN_LOG.addFilter(QuietParserLog())
+    "header_timeout" (a 408), "head_too_large" (a 414 or 431), "send_timeout"."""
     attributes: dict[str, Any] = {"header_timeout": header_timeout, "send_timeout": send_timeout}
     if on_closed is not None:
         attributes["on_closed"] = staticmethod(on_closed)
