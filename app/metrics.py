@@ -92,7 +92,8 @@ class Metrics:
             "http_connections_closed_early",
             "Connections the HTTP layer closed on its own: a request it could not parse (malformed, 400), headers "
             "not in time (header_timeout, 408), a request line and headers over 64 KiB (head_too_large, 414 or "
-            "431), answers the client did not read in time (send_timeout)",
+            "431), more than 16 pipelined requests waiting (pipeline_full), answers the client did not read in time "
+            "(send_timeout)",
             ["reason"],
             registry=r,
         )

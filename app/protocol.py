@@ -38,10 +38,10 @@ answered 414 (a URL that long) or 431, and the connection is closed.
 
 A request the parser cannot read (a malformed request line or header) gets a 400 with a JSON body,
 as every other error does, and the connection is closed. These answers, and the 408s, never reach
-the app, so its metrics cannot count them: the protocol reports them, and the send timeouts
-(`on_closed`). uvicorn logs a warning for each unparseable request; a client sending garbage
-would fill the log with them, so here it is written at most once a minute, with how many it
-stands for (`ParserWarnings`).
+the app, so its metrics cannot count them: the protocol reports them (`on_closed`), and the
+connections it ends for a full pipeline, a head too large or a send timeout. uvicorn logs a
+warning for each unparseable request; a client sending garbage would fill the log with them, so
+here it is written at most once a minute, with how many it stands for (`ParserWarnings`).
 
 This leans on uvicorn internals (`HttpToolsProtocol`'s callbacks), so uvicorn is pinned to a
 range in pyproject.toml and the hostile-client tests run against a real server process.
@@ -192,6 +192,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:
             self._reading = False  # on_response_complete closes the connection after the queued answers
+            self._closed("pipeline_full")
             raise _StopParsing
         super().on_message_begin()
         self._head_bytes = 0
@@ -212,9 +213,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         self._reading = False
         self._cancel_header_timer()
+        self._closed("head_too_large")
         if self.cycle is None or self.cycle.response_complete:  # nothing else is being answered
             self.transport.write(refusal)
-            self._closed("head_too_large")
             self._linger()
         # else: the requests before it are answered, then the connection is closed (on_response_complete)
         raise _StopParsing
@@ -306,7 +307,7 @@ def protocol_with(
 ) -> type[HeaderTimeoutProtocol]:
     """The protocol class uvicorn instantiates per connection, with these deadlines; ``on_closed``
     is told why each time the protocol closes a connection on its own: "malformed" (a 400),
-    "header_timeout" (a 408), "head_too_large" (a 414 or 431), "send_timeout"."""
+    "header_timeout" (a 408), "head_too_large" (a 414 or 431), "pipeline_full", "send_timeout"."""
     attributes: dict[str, Any] = {"header_timeout": header_timeout, "send_timeout": send_timeout}
     if on_closed is not None:
         attributes["on_closed"] = staticmethod(on_closed)

@@ -3,7 +3,10 @@ has at most about a hundred bytes, and a deep TMPDIR must not leave the host una
 
 from __future__ import annotations
 
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,17 @@ def deep(tmp_path: Path, name: str) -> Path:
     return directory
 
 
-def test_a_temp_directory_too_deep_for_the_sockets_gives_way_to_the_next(tmp_path: Path) -> None:
-    too_deep, short = deep(tmp_path, "a"), tmp_path / "s"
-    short.mkdir()
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A directory with a short path: pytest's own (tmp_path) can be long enough that the sockets
+    do not fit under it, as under pytest-xdist (`.../popen-gw1/test_name0`)."""
+    directory = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def test_a_temp_directory_too_deep_for_the_sockets_gives_way_to_the_next(tmp_path: Path, short: Path) -> None:
+    too_deep = deep(tmp_path, "a")
     run_dir = make_run_dir(2, parents=(str(too_deep), str(short)))
     assert run_dir.parent == short
     assert len(socket_path(run_dir, 1)) <= SOCKET_PATH_MAX
@@ -28,8 +39,8 @@ def test_a_temp_directory_too_deep_for_the_sockets_gives_way_to_the_next(tmp_pat
     assert list(too_deep.iterdir()) == []  # nothing left where it did not fit
 
 
-def test_the_temp_directory_is_used_when_the_sockets_fit(tmp_path: Path) -> None:
-    assert make_run_dir(1, parents=(str(tmp_path), "/nonexistent")).parent == tmp_path
+def test_the_temp_directory_is_used_when_the_sockets_fit(short: Path) -> None:
+    assert make_run_dir(1, parents=(str(short), "/nonexistent")).parent == short
 
 
 def test_no_directory_that_fits_is_an_error_that_says_what_to_do(tmp_path: Path) -> None:

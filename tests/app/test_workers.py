@@ -528,6 +528,9 @@ async def test_two_inference_processes_share_the_requests_and_both_follow_a_prom
     assert min(used.values()) > 0.05, used
 
 
+MOVED = r"inference process \d down: .* \((\d+) requests waited on it\)"
+
+
 async def test_sigkill_of_one_of_two_inference_processes_gives_only_200(tmp_path: Path) -> None:
     """What waited on the killed process runs on the other one; new requests go there until the
     killed one is back and has loaded the model. The model takes a few ms a batch, so requests
@@ -548,26 +551,34 @@ async def test_sigkill_of_one_of_two_inference_processes_gives_only_200(tmp_path
 
         async with under_load(server, 8, record), httpx.AsyncClient(timeout=5) as probe:
             await asyncio.sleep(1.0)
-            before = children(server, "inference")
-            os.kill(before[0], signal.SIGKILL)
-            killed = time.monotonic()
-            while True:
-                workers = (await probe.get(f"{server.url}/readyz")).json()["workers"]
-                now = children(server, "inference")
-                if workers["inference"] == "up" and len(now) == 2 and before[0] not in now:
+            # A kill finds requests waiting on its process nearly always; on a busy machine the
+            # clients themselves can be the slowest part, and a kill then finds none. It is
+            # repeated (on whichever process has the lowest pid) until one does, at most 4 times.
+            kills = 0
+            while kills < 4:
+                kills += 1
+                victim = children(server, "inference")[0]
+                os.kill(victim, signal.SIGKILL)
+                killed = time.monotonic()
+                while True:
+                    workers = (await probe.get(f"{server.url}/readyz")).json()["workers"]
+                    now = children(server, "inference")
+                    if workers["inference"] == "up" and len(now) == 2 and victim not in now:
+                        break
+                    assert time.monotonic() - killed < 60, f"the killed process never came back: {workers}"
+                    await asyncio.sleep(0.05)
+                recovered = time.monotonic() - killed
+                moved = sum(int(n) for n in re.findall(MOVED, server.log_text()))
+                if moved:
                     break
-                assert time.monotonic() - killed < 60, f"the killed process never came back: {workers}"
-                await asyncio.sleep(0.05)
-            recovered = time.monotonic() - killed
             served_before = len(statuses)
             await asyncio.sleep(1.0)
         log = server.log_text()
-    moved = sum(int(n) for n in re.findall(r"inference process 0 down: .* \((\d+) requests waited on it\)", log))
-    print(f"both up again {recovered:.2f} s after SIGKILL; {len(statuses)} answers, {moved} of them moved over")
-    assert moved > 0  # some were waiting on the killed process when it died
+    print(f"{kills} kill(s); up again {recovered:.2f} s after the last; {len(statuses)} answers, {moved} moved over")
+    assert moved > 0  # some were waiting on a killed process when it died
     assert others == []
     assert len(statuses) > served_before
-    assert "inference-0 exited" in log  # the supervisor saw it, and started it again
+    assert re.search(r"inference-\d exited", log)  # the supervisor saw it, and started it again
 
 
 async def test_a_move_made_outside_the_server_reaches_every_inference_process_without_a_poll(tmp_path: Path) -> None:
