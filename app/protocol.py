@@ -154,8 +154,8 @@ class _StopParsing(Exception):
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    header_timeout: float = 10.0
-    send_timeout: float = 30.0
+    header_timeout: float  # these two come from `protocol_with`, which the settings' values go to
+    send_timeout: float
     on_closed: Callable[[str], None] | None = None  # told why, each time a connection is closed here
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -303,7 +303,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
 
 def protocol_with(
-    header_timeout: float, send_timeout: float = 30.0, on_closed: Callable[[str], None] | None = None
+    header_timeout: float, send_timeout: float, on_closed: Callable[[str], None] | None = None
 ) -> type[HeaderTimeoutProtocol]:
     """The protocol class uvicorn instantiates per connection, with these deadlines; ``on_closed``
     is told why each time the protocol closes a connection on its own: "malformed" (a 400),

@@ -94,7 +94,7 @@ async def test_the_server_writes_a_response_in_one_call_before_the_work_after_it
         seen_after_send.append(list(transport.calls))  # the work after the response
 
     config = Config(app=app, lifespan="off", log_level="warning")
-    protocol = protocol_with(10.0)(config=config, server_state=ServerState(), app_state={})
+    protocol = protocol_with(10.0, 30.0)(config=config, server_state=ServerState(), app_state={})
     protocol.connection_made(cast(asyncio.Transport, transport))
     protocol.data_received(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
     for _ in range(5):
