@@ -463,12 +463,11 @@ def test_page_weight_and_content_security_policy(server: Server) -> None:
 def load_model_page(driver: WebDriver, model: str, rows: int) -> tuple[float, list[str]]:
     """Open ``model``'s page from the model list; the time in the browser from the route change to
     the first frame painted with all ``rows`` rows (fetches, rendering, style, layout and paint), and
-    the paths the page fetched meanwhile."""
+    the API paths the page fetched meanwhile, sorted."""
     go(driver, "#/")
     elapsed, fetched = driver.execute_async_script(
         """
         const [model, rows, done] = arguments;
-        performance.clearResourceTimings();
         const started = performance.now();
         new MutationObserver((changes, observer) => {
           if (document.querySelectorAll('#versions .rows [role=row]').length === rows) {
@@ -476,7 +475,11 @@ def load_model_page(driver: WebDriver, model: str, rows: int) -> tuple[float, li
             // The next frame lays out and paints the rows; the one after starts once it is done.
             requestAnimationFrame(() => requestAnimationFrame(() => done([
               performance.now() - started,
-              performance.getEntriesByType('resource').map(entry => new URL(entry.name).pathname),
+              performance.getEntriesByType('resource')
+                .filter(entry => entry.startTime >= started)  // not what the model list had under way
+                .map(entry => new URL(entry.name).pathname)
+                .filter(path => path.startsWith('/v1/'))  // the model list polls /metrics until it is gone
+                .sort(),
             ])));
           }
         }).observe(document.getElementById('main'), {childList: true, subtree: true});
@@ -490,13 +493,12 @@ def load_model_page(driver: WebDriver, model: str, rows: int) -> tuple[float, li
 
 def test_a_model_page_of_200_versions_costs_a_few_times_one_of_3(browser: WebDriver, server: Server) -> None:
     """The page of `big` (200 versions) against the page of `colors` (3), loaded in turns, 7 times
-    each: the fastest of each is the page's own cost, since a busy machine only adds time, and a
-    machine busy the whole time slows both. Here 200 rows cost 3.2-4.7 times 3 rows (108-167 ms
-    against 34-36), also beside `stress-ng --cpu 4`: rows out of view skip layout and paint. A
-    request or a layout of every cell per version would cost tens of times more.
-
-    Not a time limit: the goal in docs/console.md (300 ms) is a figure of this machine, and a test
-    run beside other work measured 338 ms while the page was unchanged."""
+    each, fastest against fastest. Here 200 rows cost 3.2-4.7 times 3 rows on an idle machine
+    (108-167 ms against 33-38) and 3.5-5.6 times beside `stress-ng --cpu 2`: the longer page loses
+    more to a busy machine. The limit, 10 times, is a guard against a page that does work per
+    version (a forced layout of each row, a ms of script per row), not the goal: the goal in
+    docs/console.md (300 ms) is a figure of an idle machine, and a limit on the clock failed once
+    beside other work with the page unchanged (338 ms). A request per version fails it at once."""
     open_page(browser, server)
     big, small = [], []
     for _ in range(7):
@@ -511,7 +513,7 @@ def test_a_model_page_of_200_versions_costs_a_few_times_one_of_3(browser: WebDri
     )
     assert fetched_big == ["/v1/models/big", "/v1/models/big/versions"]  # one list, not a request per version
     assert [path.replace("colors", "big") for path in fetched_small] == fetched_big
-    assert ratio <= 6
+    assert ratio <= 10
 
 
 def test_extras_are_served_safely(server: Server) -> None:
