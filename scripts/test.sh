@@ -22,5 +22,5 @@ echo "== import layers"
 echo "== pytest"
 # Two processes (pytest-xdist), each taking whole test files: most tests wait on servers, CLIs
 # and browsers they start, so one process kept about one core busy; two cut the suite from about
-# 17 to about 12 minutes on 2 cores. TEST_PROCESSES=0 runs it in this process alone.
+# 17 to about 11 minutes on 2 cores. TEST_PROCESSES=0 runs it in this process alone.
 .venv/bin/python -m pytest -n "${TEST_PROCESSES:-2}" --dist loadfile "$@"
