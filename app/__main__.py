@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
             admin_tokens(settings)  # a malformed SERVE_ADMIN_TOKENS fails here, before any process starts
             devices = inference_devices(settings.inference_processes, settings.providers, os.environ)
             supervisor = Supervisor(
-                host=settings.host, port=settings.port, workers=workers, log_level=args.log_level, devices=devices
+                host=settings.host,
+                port=settings.port,
+                workers=workers,
+                log_level=args.log_level,
+                devices=devices,
+                hang_timeout_s=settings.hang_timeout_s,
             )
             sys.exit(supervisor.run())
         import uvicorn

@@ -24,6 +24,10 @@ and finish their requests, then the inference processes; exit 0.
 
 A process that cannot start at all (a required GPU missing, a broken configuration: exit status 3)
 stops the whole host with status 3 rather than being restarted in a loop.
+
+A process that hangs (its event loop stuck, its sockets still open) is killed and started again:
+each one's event loop beats down a pipe to the supervisor (`app.heartbeat`), and one that stops
+beating for `SERVE_HANG_TIMEOUT_S` gets SIGKILL.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.heartbeat import beating
+
 if TYPE_CHECKING:
     import uvicorn
 
@@ -54,6 +60,7 @@ STOP_FRONT_ENDS_S = 40.0  # uvicorn's graceful shutdown takes up to 30 s
 STOP_INFERENCE_S = 30.0
 STOP_GRACE_S = 1.5  # an inference process told to stop waits this long for front ends to say they stop too
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after starting is restarted with a growing delay
+SUSPENDED_S = 1.0  # the supervisor's own loop stalled this long: it was stopped (Ctrl-Z) or starved, not its children
 
 
 @dataclass
@@ -68,6 +75,9 @@ class Child:
     restarts: int = 0
     extra: dict[str, str] = field(default_factory=dict)
     listener: socket.socket | None = None  # a front end's listening socket, held by the supervisor too
+    beats: int | None = None  # the read end of the pipe its event loop beats down (app.heartbeat)
+    beat_at: float | None = None  # when it last beat; None: not yet since it started (it is importing, loading)
+    hung: bool = False  # killed for not beating
 
     @property
     def name(self) -> str:
@@ -166,8 +176,10 @@ class Supervisor:
         log_level: str,
         cpus: int | None = None,
         devices: list[str | None] | None = None,
+        hang_timeout_s: float = 10.0,
     ) -> None:
-        """``devices``: the GPU of each inference process (`app.cpus.inference_devices`); one on the CPU by default."""
+        """``devices``: the GPU of each inference process (`app.cpus.inference_devices`); one on the CPU by default.
+        ``hang_timeout_s``: a process that has beaten once and then not for this long is killed (0: never)."""
         from app.cpus import available_cpus
 
         self.host = host
@@ -176,6 +188,7 @@ class Supervisor:
         self.devices = devices or [None]
         self.log_level = log_level
         self.cpus = cpus or available_cpus()
+        self.hang_timeout_s = hang_timeout_s
         self._stopping = False
         self._shared: socket.socket | None = None  # without SO_REUSEPORT: the one socket every front end accepts on
         self._signals = 0
@@ -242,9 +255,15 @@ class Supervisor:
         try:
             for child in children:
                 self._start(child)
+            tick = time.monotonic()
             while not self._stopping:
                 time.sleep(0.05)
                 now = time.monotonic()
+                if now - tick > SUSPENDED_S:  # every process stood still with it: none of them hangs
+                    for child in children:
+                        if child.beat_at is not None:
+                            child.beat_at = now
+                tick = now
                 for child in children:
                     status = self._watch(child, now)
                     if status:
@@ -256,6 +275,8 @@ class Supervisor:
                     listener.close()
             self._stop(front_ends, STOP_FRONT_ENDS_S)
             self._stop(inference, STOP_INFERENCE_S)
+            for child in children:
+                self._close_beats(child)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -281,9 +302,47 @@ class Supervisor:
                     return
             fds = (listener.fileno(),)
             command = [*command, "--fd", str(listener.fileno())]
-        child.process = subprocess.Popen(command, pass_fds=fds, env={**os.environ, **child.extra})
+        self._close_beats(child)
+        beats, beat_end = os.pipe()
+        os.set_blocking(beats, False)
+        try:
+            child.process = subprocess.Popen(
+                [*command, "--beat-fd", str(beat_end)], pass_fds=(*fds, beat_end), env={**os.environ, **child.extra}
+            )
+        finally:
+            os.close(beat_end)  # the child's now: at its exit the pipe reads as closed
+        child.beats, child.beat_at, child.hung = beats, None, False
         child.started = time.monotonic()
         child.restart_at = None
+
+    @staticmethod
+    def _close_beats(child: Child) -> None:
+        if child.beats is not None:
+            os.close(child.beats)
+            child.beats = None
+
+    def _check_beats(self, child: Child, now: float) -> None:
+        """Read what ``child`` beat since the last look; kill it when it has stopped beating."""
+        if child.beats is not None:
+            try:
+                if os.read(child.beats, 4096):
+                    child.beat_at = now
+                else:  # it closed its end: it is exiting, and should be gone soon
+                    self._close_beats(child)
+            except BlockingIOError:  # nothing new
+                pass
+        timeout = self.hang_timeout_s
+        if timeout and not child.hung and child.beat_at is not None and now - child.beat_at > timeout:
+            assert child.process is not None
+            log.error(
+                "%s has not run its event loop for %.1f s: killing it, to start it again (SERVE_HANG_TIMEOUT_S=%g)",
+                child.name,
+                now - child.beat_at,
+                timeout,
+            )
+            child.hung = True
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
 
     def _watch(self, child: Child, now: float) -> int:
         """Restart ``child`` if it died (after its delay); a status to stop the host with, or 0."""
@@ -295,6 +354,7 @@ class Supervisor:
         assert child.process is not None
         code = child.process.poll()
         if code is None:
+            self._check_beats(child, now)
             return 0
         if child.listener is not None:  # connections it had not accepted are lost with it; new ones go to the others
             child.listener.close()
@@ -378,7 +438,7 @@ async def _until_stopped(stop: asyncio.Event) -> None:
     log.error("the supervisor is gone: stopping")
 
 
-async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: int) -> int:
+async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from app.backend import GpuUnavailableError
@@ -406,34 +466,36 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the supervisor, which stops us in turn
-    try:
-        async with local_serving(
-            settings,
-            registry,
-            metrics,
-            can_grow=lambda queued: endpoint is not None and endpoint.can_grow(queued),
-            backend_factory=backend_factory,
-            loader_executor=loader_executor,
-        ) as serving:
-            endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device, devices=devices)
-            try:
-                await endpoint.start()  # the front ends hear from it while the models load
-            except OSError as exc:  # it would fail the same way again: stop the host
-                log.error("cannot listen for the front ends on %s: %s", socket_path(run_dir, device), exc)
-                return FATAL
-            try:
-                await serving.manager.start()
-            except GpuUnavailableError as exc:
-                log.error("%s", exc)
-                return FATAL
-            await _until_stopped(stop)
-            await endpoint.until_front_ends_stop(grace_s=STOP_GRACE_S, limit_s=STOP_FRONT_ENDS_S)
-            return 0
-    finally:
-        if endpoint is not None:
-            await endpoint.close()
-        loader_executor.shutdown(wait=True)
-        registry.close()
+    # Beats only from here: the imports and set-up above hold the loop up to seconds on a busy host.
+    with beating(beat_fd):
+        try:
+            async with local_serving(
+                settings,
+                registry,
+                metrics,
+                can_grow=lambda queued: endpoint is not None and endpoint.can_grow(queued),
+                backend_factory=backend_factory,
+                loader_executor=loader_executor,
+            ) as serving:
+                endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device, devices=devices)
+                try:
+                    await endpoint.start()  # the front ends hear from it while the models load
+                except OSError as exc:  # it would fail the same way again: stop the host
+                    log.error("cannot listen for the front ends on %s: %s", socket_path(run_dir, device), exc)
+                    return FATAL
+                try:
+                    await serving.manager.start()
+                except GpuUnavailableError as exc:
+                    log.error("%s", exc)
+                    return FATAL
+                await _until_stopped(stop)
+                await endpoint.until_front_ends_stop(grace_s=STOP_GRACE_S, limit_s=STOP_FRONT_ENDS_S)
+                return 0
+        finally:
+            if endpoint is not None:
+                await endpoint.close()
+            loader_executor.shutdown(wait=True)
+            registry.close()
 
 
 def stop_quietly(server: uvicorn.Server) -> None:
@@ -452,7 +514,7 @@ def stop_quietly(server: uvicorn.Server) -> None:
         signal.signal(signum, stop)
 
 
-def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices: int) -> int:
+def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices: int, beat_fd: int | None) -> int:
     import uvicorn
 
     from app.main import FrontEnd, create_app, registry_settings_problem
@@ -471,6 +533,7 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
         metrics_dir=run_dir / "metrics",
         devices=devices,
         stopping=lambda: any(server.should_exit for server in servers),
+        heartbeat_fd=beat_fd,
     )
     app = create_app(settings, front_end=front_end)
     config = uvicorn.Config(
@@ -501,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, default=-1)
     parser.add_argument("--device", type=int, default=0, help="an inference process: its number")
     parser.add_argument("--devices", type=int, default=1, help="the host's inference processes")
+    parser.add_argument("--beat-fd", type=int, help="the pipe to beat down (app.heartbeat)")
     args = parser.parse_args(argv)
     identity = f"{args.role}-{args.device if args.role == 'inference' else args.slot}"
     logging.basicConfig(
@@ -515,11 +579,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             import uvloop
 
-            code = uvloop.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices))
+            code = uvloop.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices, args.beat_fd))
         except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-            code = asyncio.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices))
+            code = asyncio.run(_serve_inference(args.run_dir, args.frontends, args.device, args.devices, args.beat_fd))
     else:
-        code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level, args.devices)
+        code = _serve_front_end(args.run_dir, args.slot, args.fd, args.log_level, args.devices, args.beat_fd)
     sys.exit(code)
 
 

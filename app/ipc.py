@@ -69,6 +69,7 @@ log = logging.getLogger("app.ipc")
 PUBLISH_EVERY_S = 0.2
 BEAT_EVERY_S = 0.5
 DEAD_AFTER_S = 3.0  # no view for this long: the inference process is taken as down
+STALLED_S = 1.0  # a front end's own loop late by this much: it was stopped or starved itself
 ALIGN_EVERY_S = 0.5  # how often a leading front end compares its inference processes' aliases
 MAX_REDECODES = 3
 
@@ -754,8 +755,9 @@ class RemoteServing:
                 infos={},
                 inference_error=self._down,
             )
-        if self._down is not None:
-            return replace(view, inference_error=self._down)
+        if self._down is not None:  # what it last said of itself no longer holds
+            workers = view.workers and {**view.workers, "inference": "down", "inference_up": []}
+            return replace(view, inference_error=self._down, workers=workers)
         return view
 
     def _on_message(self, link: Link, header: dict[str, Any], payload: bytearray | None) -> None:
@@ -787,8 +789,13 @@ class RemoteServing:
 
     async def _beat_loop(self) -> None:
         parent = os.getppid()
+        last = time.monotonic()
         while True:
             await asyncio.sleep(BEAT_EVERY_S)
+            now = time.monotonic()
+            if now - last > BEAT_EVERY_S + STALLED_S:  # this process stood still (Ctrl-Z), not only its peer:
+                self._heard = now  # what it said meanwhile is still to be read
+            last = now
             if os.getppid() != parent:  # the supervisor is gone (SIGKILL): stop as if told to
                 log.error("the supervisor is gone: stopping")
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -19,6 +19,7 @@ from app.api import admin, health, v1, v2
 from app.backend import OrtBackend, choose_providers, release_freed_memory
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
+from app.heartbeat import beating
 from app.ipc import Devices, RemoteServing
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
@@ -96,6 +97,7 @@ class FrontEnd:
     metrics_dir: Path
     devices: int = 1  # the host's inference processes
     stopping: Callable[[], bool] = lambda: False  # asked to stop (SIGTERM): while it starts, and while it drains
+    heartbeat_fd: int | None = None  # the pipe its event loop beats down to the supervisor (app.heartbeat)
 
 
 def registry_settings_problem(settings: Settings) -> str | None:
@@ -137,6 +139,8 @@ def create_app(
         app.state.decode_executor = decode_executor
         app.state.decode_budget = DecodeBudget(settings.limits.decode_capacity_pixels, on_idle=trim_after_burst)
         async with contextlib.AsyncExitStack() as stack:
+            if front_end is not None:  # first in, last out: it beats to the supervisor until it is done
+                stack.enter_context(beating(front_end.heartbeat_fd))
             stack.callback(registry.close)
             stack.callback(loader_executor.shutdown, wait=True)
             stack.callback(decode_executor.shutdown, wait=True)

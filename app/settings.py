@@ -134,6 +134,12 @@ class Settings(BaseSettings):
         description="with several workers: how long a front end waits for the inference process (503), to within "
         "half a second",
     )
+    hang_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="with several workers: a front end or inference process whose event loop has not run for this "
+        "long is killed and started again; 0: never",
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"
     )

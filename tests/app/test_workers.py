@@ -307,6 +307,76 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
         assert server.proc.poll() is None
 
 
+HANG_TIMEOUT_S = 3.0
+HUNG = "has not run its event loop"
+
+
+async def test_a_hung_inference_process_is_killed_and_the_host_serves_again(tmp_path: Path) -> None:
+    """SIGSTOP stands in for a hang (a deadlock, a driver call that never returns): the process
+    keeps its sockets open, so only its silence tells. Before the supervisor watched for it, the
+    host answered 503 for good while /healthz said all was well."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))
+    with server_process(env, workers=2) as server:
+        answers: list[tuple[float, int, bool]] = []  # how long it took, status, Retry-After given
+
+        def record(sent: float, r: httpx.Response) -> None:
+            answers.append((time.monotonic() - sent, r.status_code, "retry-after" in r.headers))
+
+        async with under_load(server, 4, record), httpx.AsyncClient(timeout=5) as probe:
+            await asyncio.sleep(0.5)
+            (victim,) = children(server, "inference")
+            os.kill(victim, signal.SIGSTOP)
+            stopped = time.monotonic()
+            said_down = False
+            while True:
+                ready = await probe.get(f"{server.url}/readyz")
+                said_down = said_down or ready.json()["workers"]["inference"] == "down"
+                if ready.status_code == 200 and [pid for pid in children(server, "inference") if pid != victim]:
+                    break
+                assert time.monotonic() - stopped < 30, "the hung inference process was not replaced"
+                await asyncio.sleep(0.05)
+            recovered = time.monotonic() - stopped
+            served_before = sum(1 for answer in answers if answer[1] == 200)
+            await asyncio.sleep(0.5)
+        log = server.log_text()
+    assert not Path(f"/proc/{victim}").exists()  # killed, and reaped
+    print(f"ready again {recovered:.2f} s after SIGSTOP; longest answer {max(a[0] for a in answers):.2f} s")
+    assert f"inference-0 {HUNG}" in log
+    assert {status for _, status, _ in answers} <= {200, 503}
+    assert all(retry for _, status, retry in answers if status == 503)
+    assert max(took for took, _, _ in answers) < 5  # a hang is answered, never waited out by the client
+    assert said_down  # /readyz did not go on naming the silent process "up" meanwhile
+    assert sum(1 for answer in answers if answer[1] == 200) > served_before
+
+
+async def test_a_hung_front_end_is_replaced_but_a_host_stopped_whole_is_not(tmp_path: Path) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))
+    with server_process(env, workers=2, own_group=True) as server:
+        before = children(server, "frontend") + children(server, "inference")
+        # Ctrl-Z stops every process of the host, the supervisor too: after `fg` none has hung.
+        os.killpg(server.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(2 * HANG_TIMEOUT_S)
+        os.killpg(server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(HANG_TIMEOUT_S + 1)
+        assert children(server, "frontend") + children(server, "inference") == before
+        assert HUNG not in server.log_text()
+        assert "inference process 0 down" not in server.log_text()  # no front end took it for hung either
+
+        victim = before[0]
+        os.kill(victim, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while len([pid for pid in children(server, "frontend") if pid != victim]) != 2:
+            assert time.monotonic() < deadline, "the hung front end was not replaced"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(20):  # none lands on the hung one: its listening socket went with it
+                assert (await post_red(client, server)).status_code == 200
+        assert "frontend-0 " + HUNG in server.log_text()
+        assert children(server, "inference") == before[2:]
+
+
 def loaded_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
