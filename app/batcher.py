@@ -14,6 +14,7 @@ the previous batch's callers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -50,6 +51,30 @@ class BatchStats:
     sources: int = 1  # distinct submitters (front-end processes) whose rows the batch holds
 
 
+class RunsInProgress:
+    """When each model run now under way began, over all the batchers that share it: one that
+    never ends (a hung GPU call) leaves the event loop free, so only this shows it. Thread-safe:
+    runs begin and end in the inference threads, and are read on the loop."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._began: dict[int, float] = {}
+        self._tokens = itertools.count()
+
+    def begin(self) -> int:
+        token = next(self._tokens)
+        self._began[token] = self._clock()
+        return token
+
+    def end(self, token: int) -> None:
+        self._began.pop(token, None)
+
+    def longest_s(self) -> float:
+        """How long the oldest run still under way has taken so far; 0 when none is."""
+        began = tuple(self._began.values())
+        return self._clock() - min(began) if began else 0.0
+
+
 @dataclass
 class _Run:
     outputs: np.ndarray
@@ -81,6 +106,7 @@ class Batcher:
         max_concurrent_batches: int = 1,
         inline_below_s: float = 0.0,
         join_while_running: bool = True,
+        runs: RunsInProgress | None = None,
         name: str = "batcher",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -108,6 +134,8 @@ class Batcher:
         limit (ONNX Runtime on the CPU: one process answered 5% more S4 requests); where this
         loop is (a GPU fed by many front ends), False keeps the copy off it.
 
+        ``runs``: where each batch's model run is entered while it lasts.
+
         ``executor`` runs the batches; without one, the batcher makes its own and shuts it down on close.
 
         ``clock`` (seconds) times the delay and the statistics; tests pass a fake one."""
@@ -126,6 +154,7 @@ class Batcher:
         self.max_queue_rows = max_queue_rows
         self.inline_below_s = inline_below_s
         self.join_while_running = join_while_running
+        self._runs = runs
         self._lone_row_s: float | None = None  # how long one-row batches take, smoothed; None: not run yet
         self._run_s: float | None = None  # how long batches take, smoothed; None: none has run yet
         self._executor = executor
@@ -353,9 +382,16 @@ class Batcher:
     def _timed_run(self, parts: list[np.ndarray]) -> _Run:
         """In the executor's thread: the batch (its rows joined, unless `_start` did), and when it
         really ran (it may have waited for the thread)."""
-        began = self._clock()
-        outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        return _Run(outputs, began, self._clock())
+        runs = self._runs
+        token = runs.begin() if runs is not None else None
+        try:
+            began = self._clock()
+            outputs = self._run_batch(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return _Run(outputs, began, self._clock())
+        finally:
+            if token is not None:
+                assert runs is not None
+                runs.end(token)
 
     def _finish(self, batch: list[_Pending], started: float, done: asyncio.Future[None], work: Future[_Run]) -> None:
         self._running.discard(done)

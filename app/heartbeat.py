@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 BEAT_EVERY_S = 1.0
 
@@ -24,6 +24,8 @@ class Heartbeat:
         self._fd = fd
         self._every_s = every_s
         self._timer: asyncio.TimerHandle | None = None
+        # Whether the process is well besides its loop running: while it says no, no beats go.
+        self.check: Callable[[], bool] | None = None
         # Never block the loop on a supervisor that has stopped reading (stopped, or being debugged).
         os.set_blocking(fd, False)
 
@@ -33,7 +35,8 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            os.write(self._fd, b".")
+            if self.check is None or self.check():
+                os.write(self._fd, b".")
         except BlockingIOError:  # the pipe is full: the supervisor has not read for a long while
             pass
         except OSError:  # the supervisor is gone (it was killed): the process stops on its own
@@ -50,15 +53,15 @@ class Heartbeat:
 
 
 @contextlib.contextmanager
-def beating(fd: int | None) -> Iterator[None]:
+def beating(fd: int | None) -> Iterator[Heartbeat | None]:
     """Beat down ``fd`` from the running event loop while the block runs; without ``fd`` (a process
     not started by a supervisor), nothing."""
     if fd is None:
-        yield
+        yield None
         return
     heartbeat = Heartbeat(fd)
     heartbeat.start()
     try:
-        yield
+        yield heartbeat
     finally:
         heartbeat.stop()

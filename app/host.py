@@ -27,7 +27,8 @@ stops the whole host with status 3 rather than being restarted in a loop.
 
 A process that hangs (its event loop stuck, its sockets still open) is killed and started again:
 each one's event loop beats down a pipe to the supervisor (`app.heartbeat`), and one that stops
-beating for `SERVE_HANG_TIMEOUT_S` gets SIGKILL.
+beating for `SERVE_HANG_TIMEOUT_S` gets SIGKILL. An inference process also stops beating while a
+model run has gone on for longer than any client waits for it (`SERVE_INFERENCE_TIMEOUT_S`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ from typing import TYPE_CHECKING
 from app.heartbeat import beating
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import uvicorn
+
+    from app.batcher import RunsInProgress
+    from app.settings import Settings
 
 log = logging.getLogger("app.host")
 
@@ -335,7 +341,7 @@ class Supervisor:
         if timeout and not child.hung and child.beat_at is not None and now - child.beat_at > timeout:
             assert child.process is not None
             log.error(
-                "%s has not run its event loop for %.1f s: killing it, to start it again (SERVE_HANG_TIMEOUT_S=%g)",
+                "%s has sent no heartbeat for %.1f s, it hangs: killing it to start it again (SERVE_HANG_TIMEOUT_S=%g)",
                 child.name,
                 now - child.beat_at,
                 timeout,
@@ -467,7 +473,7 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C reaches the supervisor, which stops us in turn
     # Beats only from here: the imports and set-up above hold the loop up to seconds on a busy host.
-    with beating(beat_fd):
+    with beating(beat_fd) as heartbeat:
         try:
             async with local_serving(
                 settings,
@@ -477,6 +483,8 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
                 backend_factory=backend_factory,
                 loader_executor=loader_executor,
             ) as serving:
+                if heartbeat is not None:
+                    heartbeat.check = _no_run_outlasts(serving.manager.loader.runs, settings)
                 endpoint = InferenceEndpoint(serving, run_dir, frontends=frontends, device=device, devices=devices)
                 try:
                     await endpoint.start()  # the front ends hear from it while the models load
@@ -496,6 +504,33 @@ async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: 
                 await endpoint.close()
             loader_executor.shutdown(wait=True)
             registry.close()
+
+
+def _no_run_outlasts(runs: RunsInProgress, settings: Settings) -> Callable[[], bool]:
+    """The inference process's heartbeat check: no model run has gone on for longer than any client
+    waits for it. Such a run (a GPU call that never returns) leaves the event loop free, but nothing
+    it computes can reach a client, and every batch after it waits behind it. Without beats, the
+    supervisor restarts the process."""
+    limit = settings.inference_timeout_s
+    said = False
+
+    def check() -> bool:
+        nonlocal said
+        longest = runs.longest_s()
+        if longest <= limit:
+            said = False
+            return True
+        if not said:
+            log.error(
+                "a model run has gone on for %.1f s, longer than any client waits (SERVE_INFERENCE_TIMEOUT_S=%g): "
+                "no more heartbeats, so that the supervisor starts this process again",
+                longest,
+                settings.inference_timeout_s,
+            )
+            said = True
+        return False
+
+    return check
 
 
 def stop_quietly(server: uvicorn.Server) -> None:

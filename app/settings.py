@@ -138,7 +138,8 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="with several workers: a front end or inference process whose event loop has not run for this "
-        "long is killed and started again; 0: never",
+        "long is killed and started again, and so is an inference process this long after one of its model runs "
+        "outlasted inference_timeout_s (a GPU call that never returns); 0: never",
     )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to serve (comma-separated); empty: every model whose alias is set"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.backend import CUDA, InferenceBackend
-from app.batcher import Batcher
+from app.batcher import Batcher, RunsInProgress
 from app.errors import BadRequestError, NotFoundError
 from app.metrics import Metrics
 from app.settings import Settings
@@ -112,6 +112,7 @@ class VersionLoader:
         self._inference_executor = inference_executor
         self._call = call
         self._can_grow = can_grow
+        self.runs = RunsInProgress()  # every batch of every version it loads: a run that never ends shows here
 
     async def load(self, name: str, version: int) -> LoadedVersion:
         info: VersionInfo = await self._call(self._registry.get_version, name, version)
@@ -131,6 +132,7 @@ class VersionLoader:
             max_concurrent_batches=b.max_concurrent_batches,
             inline_below_s=b.inline_below_ms / 1000,
             join_while_running=joins_while_running(backend),
+            runs=self.runs,
             name=f"{name} v{version}",
         )
         batcher.start()

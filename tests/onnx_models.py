@@ -25,12 +25,17 @@ def color_classifier(
     bias: float = 0.0,
     permute: tuple[int, int, int] = (0, 1, 2),
     busy_matmuls: int = 0,
+    stall_on_blue: bool = False,
 ) -> Path:
     """Write an ONNX model: uint8 [N, size, size, 3] → softmax over (R, G, B) or sigmoid of G - R.
 
     ``busy_matmuls``: every run also multiplies 1024x1024 matrices this many times (about 2 GFLOP
     each, whatever the batch size) and adds 0 times the result: the same answers, from a model slow
-    enough that requests queue behind it."""
+    enough that requests queue behind it.
+
+    ``stall_on_blue``: a batch holding a pixel whose blue exceeds its red and green together runs
+    a loop of 4·10^9 empty steps per level of the excess (hours) before it answers: a run that
+    never ends, as a hung GPU call would be. Other batches, and the warm-up's zeros, pass at once."""
     if kind == "softmax":
         # Channel c scores label permute[c]: the identity maps red→red, (1, 0, 2) maps red→green.
         weights = np.zeros((3, 3), dtype=np.float32)
@@ -51,6 +56,43 @@ def color_classifier(
         head,
     ]
     busy: list[onnx.TensorProto] = []
+    if stall_on_blue:
+        nodes[-2].output[0] = "unstalled_logits"
+        body = helper.make_graph(
+            [
+                helper.make_node("Identity", ["more"], ["more_out"]),
+                helper.make_node("Add", ["count", "one"], ["count_out"]),
+            ],
+            "spin",
+            [
+                helper.make_tensor_value_info("step", TensorProto.INT64, []),
+                helper.make_tensor_value_info("more", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("count", TensorProto.FLOAT, []),
+            ],
+            [
+                helper.make_tensor_value_info("more_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("count_out", TensorProto.FLOAT, []),
+            ],
+        )
+        nodes[-1:-1] = [
+            # Blue less red and green, at its most over the batch: 255 for a pure blue pixel.
+            helper.make_node("Split", ["as_float"], ["red", "green", "blue"], axis=3),
+            helper.make_node("Sub", ["blue", "red"], ["blue_less_red"]),
+            helper.make_node("Sub", ["blue_less_red", "green"], ["blueness"]),
+            helper.make_node("ReduceMax", ["blueness"], ["bluest"], keepdims=0),
+            helper.make_node("Relu", ["bluest"], ["bluest_or_zero"]),
+            helper.make_node("Cast", ["bluest_or_zero"], ["bluest_int"], to=TensorProto.INT64),
+            helper.make_node("Mul", ["bluest_int", "steps_per_level"], ["steps"]),
+            helper.make_node("Loop", ["steps", "true", "zero_count"], ["spun"], body=body),
+            helper.make_node("Mul", ["spun", "zero_count"], ["spun_zero"]),
+            helper.make_node("Add", ["unstalled_logits", "spun_zero"], ["logits"]),
+        ]
+        busy += [
+            numpy_helper.from_array(np.array(4_000_000_000, dtype=np.int64), "steps_per_level"),
+            numpy_helper.from_array(np.array(True), "true"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero_count"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        ]
     if busy_matmuls:
         # Tied to the input, so ONNX Runtime cannot fold the products into a constant at load time.
         nodes[-1:-1] = [

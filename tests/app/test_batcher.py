@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.batcher import Batcher, BatchStats, InferenceError, QueueFullError
+from app.batcher import Batcher, BatchStats, InferenceError, QueueFullError, RunsInProgress
 
 LONG = 60.0  # a deadline no test reaches: flushes must be size-triggered
 
@@ -636,3 +636,26 @@ async def test_without_joining_while_running_the_thread_gets_the_rows_as_they_ca
     assert [r.tolist() for r in results] == [[[0]], [[10]], [[20]], [[30]]]
     await b.close()
     pool.shutdown()
+
+
+async def test_runs_in_progress_show_how_long_a_run_has_gone_on_over_every_batcher(executor) -> None:
+    """What the inference process watches for a run that never ends (app.host): a held run counts
+    from when it reached the model, not from when it was queued, and is gone once it returns."""
+    clock = FakeClock()
+    runs = RunsInProgress(clock=clock)
+    held, free = Recorder(), Recorder()
+    held.gate.clear()
+    a = await make(held, executor, max_batch_size=1, runs=runs, clock=clock)
+    b = await make(free, executor, max_batch_size=1, runs=runs, clock=clock)
+    assert runs.longest_s() == 0.0
+    stuck = asyncio.ensure_future(a.submit(rows(1)))
+    await until(lambda: held.started == 1)
+    clock.advance(5.0)
+    assert (await b.submit(rows(2))).tolist() == [[20]]  # another batcher's run, begun and ended meanwhile
+    clock.advance(2.0)
+    assert runs.longest_s() == 7.0
+    held.gate.set()
+    assert (await stuck).tolist() == [[10]]
+    assert runs.longest_s() == 0.0
+    await a.close()
+    await b.close()

@@ -308,7 +308,7 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
 
 
 HANG_TIMEOUT_S = 3.0
-HUNG = "has not run its event loop"
+HUNG = "has sent no heartbeat for"
 
 
 async def test_a_hung_inference_process_is_killed_and_the_host_serves_again(tmp_path: Path) -> None:
@@ -375,6 +375,41 @@ async def test_a_hung_front_end_is_replaced_but_a_host_stopped_whole_is_not(tmp_
                 assert (await post_red(client, server)).status_code == 200
         assert "frontend-0 " + HUNG in server.log_text()
         assert children(server, "inference") == before[2:]
+
+
+async def test_a_model_run_that_never_ends_gets_the_inference_process_started_again(tmp_path: Path) -> None:
+    """A run that never returns (as a hung GPU call would) leaves the inference process's event
+    loop free: only the run's length shows that nothing it computes can reach a client now."""
+    backend = _sqlite_backend(tmp_path)
+    with backend.registry() as reg:
+        stalls = color_classifier(tmp_path / "stalls.onnx", stall_on_blue=True)
+        reg.register(name="colors", onnx_path=stalls, metadata=color_metadata())
+        reg.promote(name="colors", version=1)
+    env = env_for(
+        backend,
+        SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S),
+        SERVE_INFERENCE_TIMEOUT_S="2",
+        # In the inference thread, where a GPU call runs: a lone row run on the event loop instead
+        # would stop the loop itself, which the test of a hung inference process covers.
+        SERVE_BATCHING__INLINE_BELOW_MS="0",
+    )
+    with server_process(env, workers=2) as server:
+        (first,) = children(server, "inference")
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await post_red(client, server)).status_code == 200
+            sent = time.monotonic()
+            blue = await client.post(f"{server.url}{PREDICT}", files={"images": ("b.png", solid("blue"), "image/png")})
+            assert blue.status_code == 503 and "retry-after" in blue.headers
+            assert time.monotonic() - sent < 5  # the client waited SERVE_INFERENCE_TIMEOUT_S, not the run
+            while (await post_red(client, server)).status_code != 200 or children(server, "inference") == [first]:
+                assert time.monotonic() - sent < 40, "the inference process with the endless run was not replaced"
+                await asyncio.sleep(0.1)
+            replaced = time.monotonic() - sent
+        log = server.log_text()
+    print(f"serving again {replaced:.1f} s after the endless run began")
+    assert "a model run has gone on for" in log
+    assert f"inference-0 {HUNG}" in log
+    assert first not in children(server, "inference")
 
 
 def loaded_libraries(pid: int) -> str:
