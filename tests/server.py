@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -73,13 +75,46 @@ def server_process(
         server.ready_after = time.monotonic() - started
         yield server
     finally:
+        # Its processes, named now: once the server is gone they are no longer its children.
+        descendants = _descendants(proc.pid)
         if proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+        # A process the server could not stop (a test that failed left one stuck in a model run)
+        # would otherwise outlive the test and take CPU from the rest of the suite.
+        for pid, started in descendants:
+            if _stat(pid)[1] == started:  # the same process, not a new one given its pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+def _stat(pid: int) -> tuple[int, int]:
+    """A process's parent and start time (from /proc); (-1, -1) once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return -1, -1
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """The processes below ``pid`` with their start times (none where there is no /proc)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        parent, started = _stat(int(entry.name))
+        if parent >= 0:
+            children.setdefault(parent, []).append((int(entry.name), started))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
 
 
 class Server:
