@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="with several workers: how long a front end waits for the inference process (503), to within "
-        "half a second",
+        "half a second; an inference process with a model run longer than this is started again (hang_timeout_s)",
     )
     hang_timeout_s: float = Field(
         10.0,
