@@ -445,6 +445,18 @@ async def _until_stopped(stop: asyncio.Event) -> None:
 
 
 async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None) -> int:
+    supervisor = os.getppid()
+    try:
+        return await _serve_models(run_dir, frontends, device, devices, beat_fd)
+    finally:
+        if device == 0 and os.getppid() != supervisor:
+            # The supervisor was killed and cannot remove the run directory (its sockets and metric
+            # files). The front ends have stopped by now (this process waited for them), so the
+            # directory is no one's any more.
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _serve_models(run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from app.backend import GpuUnavailableError

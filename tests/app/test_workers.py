@@ -307,6 +307,31 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
         assert server.proc.poll() is None
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited process its new parent has not reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_supervisor_killed_with_sigkill_leaves_no_process_and_no_run_directory(tmp_path: Path) -> None:
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2) as server:
+        pids = children(server, "frontend") + children(server, "inference")
+        arguments = Path(f"/proc/{pids[-1]}/cmdline").read_bytes().decode().split("\0")
+        run_dir = Path(arguments[arguments.index("--run-dir") + 1])
+        assert (run_dir / "metrics").is_dir()
+        server.proc.kill()  # it can neither stop its processes nor clean up
+        server.proc.wait()
+        killed = time.monotonic()
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() - killed < 15, "processes of the host outlived its supervisor"
+            await asyncio.sleep(0.1)
+        print(f"every process of the host gone {time.monotonic() - killed:.1f} s after its supervisor")
+    assert not run_dir.exists()
+
+
 HANG_TIMEOUT_S = 3.0
 HUNG = "has sent no heartbeat for"
 
