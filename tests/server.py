@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import httpx
 
@@ -87,28 +87,36 @@ def server_process(
         # A process the server could not stop (a test that failed left one stuck in a model run)
         # would otherwise outlive the test and take CPU from the rest of the suite.
         for pid, started in descendants:
-            if _stat(pid)[1] == started:  # the same process, not a new one given its pid
+            stat = proc_stat(pid)
+            if stat is not None and stat.started == started:  # not a new process given its pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         log.close()
 
 
-def _stat(pid: int) -> tuple[int, int]:
-    """A process's parent and start time (from /proc); (-1, -1) once it is gone."""
+class ProcStat(NamedTuple):
+    state: str  # "Z": it exited, and its parent has not reaped it yet
+    parent: int
+    cpu_ticks: int  # user and system time, in clock ticks
+    started: int  # clock ticks after boot
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """What /proc/PID/stat says of a process; None once it is gone (or where there is no /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return int(fields[1]), int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return -1, -1
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # after the command name
+    except OSError:
+        return None
+    return ProcStat(fields[0], int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
 
 
 def _descendants(pid: int) -> list[tuple[int, int]]:
     """The processes below ``pid`` with their start times (none where there is no /proc)."""
     children: dict[int, list[tuple[int, int]]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        parent, started = _stat(int(entry.name))
-        if parent >= 0:
-            children.setdefault(parent, []).append((int(entry.name), started))
+        stat = proc_stat(int(entry.name))
+        if stat is not None:
+            children.setdefault(stat.parent, []).append((int(entry.name), stat.started))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import Backend, _sqlite_backend
 from tests.images import solid
 from tests.onnx_models import color_classifier, color_metadata
-from tests.server import ROOT, Server, free_port, server_process
+from tests.server import ROOT, Server, free_port, proc_stat, server_process
 
 TOKEN = "workers-admin-token-0123456789"
 PREDICT = "/v1/models/colors/predict"
@@ -75,12 +75,12 @@ def children(server: Server, role: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        stat = proc_stat(int(entry.name))
         try:
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):  # it exited while being read
+        except OSError:  # it exited while being read
             continue
-        if parent == server.proc.pid and f"app.host {role} " in command:
+        if stat is not None and stat.parent == server.proc.pid and f"app.host {role} " in command:
             pids.append(int(entry.name))
     return sorted(pids)
 
@@ -309,10 +309,8 @@ async def test_a_front_end_that_dies_is_started_again(tmp_path: Path) -> None:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs (an exited process its new parent has not reaped yet does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
+    stat = proc_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 async def test_a_supervisor_killed_with_sigkill_leaves_no_process_and_no_run_directory(tmp_path: Path) -> None:
@@ -614,8 +612,9 @@ def test_a_host_that_cannot_start_exits_with_status_3(tmp_path: Path, workers: s
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time ``pid`` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = proc_stat(pid)
+    assert stat is not None, f"process {pid} is gone"
+    return stat.cpu_ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def test_two_inference_processes_share_the_requests_and_both_follow_a_promotion(tmp_path: Path) -> None:
