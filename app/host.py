@@ -446,17 +446,23 @@ async def _until_stopped(stop: asyncio.Event) -> None:
 
 async def _serve_inference(run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None) -> int:
     supervisor = os.getppid()
-    try:
-        return await _serve_models(run_dir, frontends, device, devices, beat_fd)
-    finally:
+
+    def remove_run_dir_if_orphaned() -> None:
         if device == 0 and os.getppid() != supervisor:
             # The supervisor was killed and cannot remove the run directory (its sockets and metric
             # files). The front ends have stopped by now (this process waited for them), so the
             # directory is no one's any more.
             shutil.rmtree(run_dir, ignore_errors=True)
 
+    try:
+        return await _serve_models(run_dir, frontends, device, devices, beat_fd, remove_run_dir_if_orphaned)
+    finally:
+        remove_run_dir_if_orphaned()
 
-async def _serve_models(run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None) -> int:
+
+async def _serve_models(
+    run_dir: Path, frontends: int, device: int, devices: int, beat_fd: int | None, before_exit: Callable[[], None]
+) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from app.backend import GpuUnavailableError
@@ -494,6 +500,7 @@ async def _serve_models(run_dir: Path, frontends: int, device: int, devices: int
                 can_grow=lambda queued: endpoint is not None and endpoint.can_grow(queued),
                 backend_factory=backend_factory,
                 loader_executor=loader_executor,
+                before_exit=before_exit,
             ) as serving:
                 if heartbeat is not None:
                     heartbeat.check = _no_run_outlasts(serving.manager.loader.runs, settings)
@@ -519,26 +526,21 @@ async def _serve_models(run_dir: Path, frontends: int, device: int, devices: int
 
 
 def _no_run_outlasts(runs: RunsInProgress, settings: Settings) -> Callable[[], bool]:
-    """The inference process's heartbeat check: no model run has gone on for longer than any client
-    waits for it. Such a run (a GPU call that never returns) leaves the event loop free, but nothing
-    it computes can reach a client, and every batch after it waits behind it. Without beats, the
-    supervisor restarts the process."""
-    limit = settings.inference_timeout_s
+    """The inference process's heartbeat check: no model run is lost (`app.serving.lost_run`).
+    Such a run leaves the event loop free, so without this the process would go on beating while
+    every batch after the run waits behind it. Without beats, the supervisor restarts the process."""
+    from app.serving import lost_run
+
     said = False
 
     def check() -> bool:
         nonlocal said
-        longest = runs.longest_s()
-        if longest <= limit:
+        lost = lost_run(runs, settings.inference_timeout_s)
+        if lost is None:
             said = False
             return True
         if not said:
-            log.error(
-                "a model run has gone on for %.1f s, longer than any client waits (SERVE_INFERENCE_TIMEOUT_S=%g): "
-                "no more heartbeats, so that the supervisor starts this process again",
-                longest,
-                settings.inference_timeout_s,
-            )
+            log.error("%s: no more heartbeats, so that the supervisor starts this process again", lost)
             said = True
         return False
 

@@ -742,6 +742,9 @@ class RemoteServing:
             if not future.done():
                 future.set_exception(UnavailableError(why, headers={"Retry-After": "1"}))
 
+    def hung(self) -> str | None:
+        return None  # the supervisor restarts a hung inference process; this front end answers
+
     def view(self) -> HostView:
         view = self._view
         if view is None:
@@ -1162,6 +1165,9 @@ class Devices:
             if model is not None and model.last_error is not None:
                 return view
         return self.view()
+
+    def hung(self) -> str | None:
+        return None
 
     def view(self) -> HostView:
         states = [(part._view, part.down) for part in self._parts]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from fastapi import FastAPI
 from app import console
 from app.api import admin, health, v1, v2
 from app.backend import OrtBackend, choose_providers, release_freed_memory
+from app.batcher import RunsInProgress
 from app.errors import install_handlers
 from app.fastpath import FastPathMiddleware, eligible_routes
 from app.heartbeat import beating
@@ -24,12 +27,14 @@ from app.ipc import Devices, RemoteServing
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware, DecodeBudget, InflightCounter
 from app.metrics import HttpMetricsMiddleware, Metrics, StateCollector
 from app.models import BackendFactory, ModelManager
-from app.serving import AsyncRegistry, LocalServing, Serving
+from app.serving import AsyncRegistry, LocalServing, Serving, lost_run
 from app.settings import Settings, admin_tokens, get_settings
 from registry import Registry, RegistryError, VersionInfo
 from registry.cache import CachedStore
 
 log = logging.getLogger("app")
+
+STOP_WATCH_S = 0.25  # how often a stopping process looks for a lost model run
 
 # Inference routes called straight from the middleware when they come without a query string.
 FAST_PATHS = {
@@ -224,9 +229,13 @@ async def local_serving(
     can_grow: Callable[[int], bool],
     backend_factory: BackendFactory | None,
     loader_executor: ThreadPoolExecutor,
+    before_exit: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[LocalServing]:
     """The model manager of this process with its inference threads; the caller starts it
-    (``serving.manager.start()``), leaving the context stops it and drains its batchers."""
+    (``serving.manager.start()``), leaving the context stops it and drains its batchers.
+
+    The drain waits for the model runs under way, but not for one that no client waits for any
+    more (`lost_run`): then the process exits at once, with status 1, after ``before_exit``."""
     cache = None
     if settings.artifact_cache_dir is not None:
         cache = registry.store = CachedStore(
@@ -243,10 +252,40 @@ async def local_serving(
         can_grow=can_grow,
     )
     try:
-        yield LocalServing(manager, metrics, cache_counts=(lambda: cache_counts(cache)) if cache is not None else None)
+        yield LocalServing(
+            manager,
+            metrics,
+            timeout_s=settings.inference_timeout_s,
+            cache_counts=(lambda: cache_counts(cache)) if cache is not None else None,
+        )
     finally:
-        await manager.stop()
-        inference_executor.shutdown(wait=True)
+        with _exit_on_a_lost_run(manager.loader.runs, settings.inference_timeout_s, before_exit):
+            await manager.stop()
+            inference_executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _exit_on_a_lost_run(runs: RunsInProgress, limit_s: float, before_exit: Callable[[], None]) -> Iterator[None]:
+    """While the block stops the models: exit the process once a run under way is lost (`lost_run`).
+
+    No model run can be cancelled, and a normal exit joins the thread that runs it, so without this
+    a run that never ends (a hung GPU call) would keep the process from ever exiting. A thread
+    watches, since the block may hold the event loop."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_WATCH_S):
+            lost = lost_run(runs, limit_s)
+            if lost is not None:
+                log.error("stopping, but %s: exiting without waiting for it", lost)
+                before_exit()
+                os._exit(1)
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def cache_counts(cache: CachedStore) -> dict[str, int]:

@@ -57,6 +57,11 @@ class ServedModelInfo(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+    error: str | None = Field(
+        None,
+        description="/healthz with one worker: why the process must be started again (a model run that outlasted "
+        "SERVE_INFERENCE_TIMEOUT_S)",
+    )
     models: dict[str, Any] = {}
     registry_error: str | None = None
     inference_error: str | None = Field(

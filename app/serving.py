@@ -31,6 +31,7 @@ from app.metrics import Metrics
 from registry import AliasMove, Registry, VersionInfo
 
 if TYPE_CHECKING:
+    from app.batcher import RunsInProgress
     from app.models import LoadedVersion, ModelManager
 
 Prepare = Callable[[VersionInfo], Awaitable[np.ndarray]]
@@ -158,6 +159,12 @@ class Serving(Protocol):
         """Follow an alias move made by this server's admin API now, not at the next poll."""
         ...
 
+    def hung(self) -> str | None:
+        """Why this process can no longer serve until it is started again (for /healthz); None if
+        nothing says so. With several workers, always None: the supervisor watches the inference
+        process and restarts it, and the front end itself is alive when it answers."""
+        ...
+
 
 class AsyncRegistry:
     """The registry's calls, run in a thread pool: they block on the database and the store."""
@@ -202,6 +209,20 @@ class AsyncRegistry:
         return info
 
 
+def lost_run(runs: RunsInProgress, limit_s: float) -> str | None:
+    """Why nothing the oldest model run under way computes can reach a client any more: it has
+    gone on for longer than ``limit_s``, the longest any client waits for it. Such a run (a GPU
+    call that never returns) cannot be cancelled, and the batches after it wait behind it, so the
+    process has to start again. None while no run has."""
+    longest = runs.longest_s()
+    if longest <= limit_s:
+        return None
+    return (
+        f"a model run has gone on for {longest:.1f} s, longer than any client waits "
+        f"(SERVE_INFERENCE_TIMEOUT_S={limit_s:g})"
+    )
+
+
 async def run_batched(loaded: LoadedVersion, images: np.ndarray, metrics: Metrics) -> np.ndarray:
     """``images`` through ``loaded``'s batcher, its failures as the API's errors."""
     try:
@@ -229,10 +250,17 @@ class LocalServing:
     """The model manager in this process: `--workers 1`, and the inference process itself."""
 
     def __init__(
-        self, manager: ModelManager, metrics: Metrics, *, cache_counts: Callable[[], dict[str, int]] | None = None
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        *,
+        timeout_s: float,
+        cache_counts: Callable[[], dict[str, int]] | None = None,
     ) -> None:
+        """``timeout_s``: how long a request waits for its rows' model run (`SERVE_INFERENCE_TIMEOUT_S`)."""
         self.manager = manager
         self.metrics = metrics
+        self.timeout_s = timeout_s
         self._cache_counts = cache_counts
 
     def cache_counts(self) -> dict[str, int] | None:
@@ -254,7 +282,20 @@ class LocalServing:
         async with self.manager.lease(name, version=version, alias=alias) as loaded:
             images = await prepare(loaded.info)
             with CancelOnHangup(scope):
-                return loaded.info, await run_batched(loaded, images, self.metrics)
+                waiting = asyncio.timeout(self.timeout_s)
+                try:
+                    async with waiting:  # leaving it early drops the rows, or the batch's answer for them
+                        return loaded.info, await run_batched(loaded, images, self.metrics)
+                except TimeoutError:
+                    if not waiting.expired():
+                        raise
+                    raise UnavailableError(
+                        f"{name} v{loaded.version} did not answer within {self.timeout_s:g} s",
+                        headers={"Retry-After": "1"},
+                    ) from None
+
+    def hung(self) -> str | None:
+        return lost_run(self.manager.loader.runs, self.timeout_s)
 
     async def moved(self, name: str) -> HostView:
         self.manager.forget_alias_cache(name)

@@ -131,8 +131,10 @@ class Settings(BaseSettings):
     inference_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="with several workers: how long a front end waits for the inference process (503), to within "
-        "half a second; an inference process with a model run longer than this is started again (hang_timeout_s)",
+        description="how long a request waits for its model run (503 with Retry-After; with several workers, to within "
+        "half a second). A run longer than this is lost: with several workers its inference process is started again "
+        "(hang_timeout_s); with one, /healthz says 503 so that a liveness probe restarts it. A stop does not wait "
+        "for a lost run",
     )
     hang_timeout_s: float = Field(
         10.0,

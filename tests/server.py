@@ -76,7 +76,7 @@ def server_process(
         yield server
     finally:
         # Its processes, named now: once the server is gone they are no longer its children.
-        descendants = _descendants(proc.pid)
+        processes = descendants(proc.pid)
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -84,14 +84,20 @@ def server_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        # A process the server could not stop (a test that failed left one stuck in a model run)
-        # would otherwise outlive the test and take CPU from the rest of the suite.
-        for pid, started in descendants:
-            stat = proc_stat(pid)
-            if stat is not None and stat.started == started:  # not a new process given its pid
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_leftovers(processes)
         log.close()
+
+
+def kill_leftovers(processes: list[tuple[int, int]]) -> None:
+    """SIGKILL those of ``processes`` (pids with start times, from `descendants`) that still run.
+
+    A process the server could not stop (a test that failed left one stuck in a model run) would
+    otherwise outlive the test and take CPU from the rest of the suite."""
+    for pid, started in processes:
+        stat = proc_stat(pid)
+        if stat is not None and stat.started == started:  # not a new process given its pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class ProcStat(NamedTuple):
@@ -110,7 +116,7 @@ def proc_stat(pid: int) -> ProcStat | None:
     return ProcStat(fields[0], int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
 
 
-def _descendants(pid: int) -> list[tuple[int, int]]:
+def descendants(pid: int) -> list[tuple[int, int]]:
     """The processes below ``pid`` with their start times (none where there is no /proc)."""
     children: dict[int, list[tuple[int, int]]] = {}
     for entry in Path("/proc").glob("[0-9]*"):

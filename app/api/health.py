@@ -12,10 +12,18 @@ from app.schemas import HealthResponse
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+@router.get(
+    "/healthz",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "the process is hung: start it again"}},
+    summary="Liveness: the process answers, and can serve again without a restart",
+)
 @router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
-async def healthz() -> HealthResponse:
-    return HealthResponse(status="ok")
+async def healthz(serving: ServingDep) -> JSONResponse:
+    hung = serving.hung()
+    if hung is not None:
+        return JSONResponse({"status": "hung", "error": hung}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.head("/readyz", include_in_schema=False)
@@ -45,6 +53,7 @@ async def readyz(serving: ServingDep) -> JSONResponse:
         workers=view.workers,
     )
     content = body.model_dump()
+    del content["error"]  # only /healthz says it
     for key in ("inference_error", "workers"):  # only the multi-process layout has them
         if content[key] is None:
             del content[key]

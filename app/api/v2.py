@@ -66,10 +66,11 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="imgserve", version=app_package.__version__, extensions=EXTENSIONS)
 
 
-@router.get("/health/live", summary="Server liveness")
+@router.get("/health/live", summary="Server liveness", responses={503: {"description": "hung: start it again"}})
 @router.head("/health/live", include_in_schema=False)
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live(serving: ServingDep) -> JSONResponse:
+    live = serving.hung() is None  # as /healthz
+    return JSONResponse({"live": live}, status_code=200 if live else 503)
 
 
 @router.get("/health/ready", summary="Server readiness", responses={503: {"description": "not ready"}})

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import Backend, _sqlite_backend
 from tests.images import solid
 from tests.onnx_models import color_classifier, color_metadata
-from tests.server import ROOT, Server, free_port, proc_stat, server_process
+from tests.server import ROOT, Server, descendants, free_port, kill_leftovers, proc_stat, server_process
 
 TOKEN = "workers-admin-token-0123456789"
 PREDICT = "/v1/models/colors/predict"
@@ -400,14 +400,20 @@ async def test_a_hung_front_end_is_replaced_but_a_host_stopped_whole_is_not(tmp_
         assert children(server, "inference") == before[2:]
 
 
-async def test_a_model_run_that_never_ends_gets_the_inference_process_started_again(tmp_path: Path) -> None:
-    """A run that never returns (as a hung GPU call would) leaves the inference process's event
-    loop free: only the run's length shows that nothing it computes can reach a client now."""
+def stalling_backend(tmp_path: Path) -> Backend:
+    """`colors` v1 at production, whose run on a blue image never ends (`color_classifier`)."""
     backend = _sqlite_backend(tmp_path)
     with backend.registry() as reg:
         stalls = color_classifier(tmp_path / "stalls.onnx", stall_on_blue=True)
         reg.register(name="colors", onnx_path=stalls, metadata=color_metadata())
         reg.promote(name="colors", version=1)
+    return backend
+
+
+async def test_a_model_run_that_never_ends_gets_the_inference_process_started_again(tmp_path: Path) -> None:
+    """A run that never returns (as a hung GPU call would) leaves the inference process's event
+    loop free: only the run's length shows that nothing it computes can reach a client now."""
+    backend = stalling_backend(tmp_path)
     env = env_for(
         backend,
         SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S),
@@ -433,6 +439,56 @@ async def test_a_model_run_that_never_ends_gets_the_inference_process_started_ag
     assert "a model run has gone on for" in log
     assert f"inference-0 {HUNG}" in log
     assert first not in children(server, "inference")
+
+
+@pytest.mark.parametrize("how", ["1-SIGTERM", "2-SIGTERM", "2-SIGTERM-then-supervisor-SIGKILL"])
+async def test_a_stop_does_not_wait_for_a_model_run_that_never_ends(tmp_path: Path, how: str) -> None:
+    """Once a run has outlasted every client's wait, nothing it computes can reach anyone, and no
+    run can be cancelled. Before, a stop waited for it: for good with one process, for the
+    supervisor's SIGKILL 30 s later with several, and for good again once the supervisor was
+    killed itself (its inference process then stayed behind, spinning). A single process also
+    kept its clients waiting on the run without end, and its liveness probe passed."""
+    workers = int(how[0])
+    backend = stalling_backend(tmp_path)
+    env = env_for(
+        backend,
+        SERVE_INFERENCE_TIMEOUT_S="2",
+        SERVE_BATCHING__INLINE_BELOW_MS="0",  # in an inference thread, as a GPU call runs
+        SERVE_HANG_TIMEOUT_S="0",  # only the stop may end the run's process here
+    )
+    with server_process(env, workers=workers, log_level="info") as server:
+        processes = descendants(server.proc.pid)
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                blue = {"images": ("b.png", solid("blue"), "image/png")}
+                sent = time.monotonic()
+                answer = await client.post(f"{server.url}{PREDICT}", files=blue)
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+                assert time.monotonic() - sent < 5  # SERVE_INFERENCE_TIMEOUT_S, with one process as with several
+                if workers == 1:  # no supervisor restarts it: the liveness probe must
+                    live = await client.get(f"{server.url}/healthz")
+                    assert live.status_code == 503 and live.json()["status"] == "hung"
+                    assert live.json()["error"].startswith("a model run has gone on for")
+                    assert (await client.get(f"{server.url}/v2/health/live")).json() == {"live": False}
+            run_dir = None
+            if workers > 1:
+                arguments = Path(f"/proc/{children(server, 'inference')[0]}/cmdline").read_bytes().decode().split("\0")
+                run_dir = Path(arguments[arguments.index("--run-dir") + 1])
+            stopped = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            if how.endswith("supervisor-SIGKILL"):
+                await asyncio.sleep(0.3)
+                server.proc.kill()
+            while server.proc.poll() is None or any(alive(pid) for pid, _ in processes):
+                assert time.monotonic() - stopped < 15, "a process of the host waited on the endless run"
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - stopped
+        finally:  # its supervisor killed, the fixture no longer finds them
+            kill_leftovers(processes)
+        log = server.log_text()
+    print(f"every process gone {took:.1f} s after SIGTERM")
+    assert "exiting without waiting for it" in log
+    assert run_dir is None or not run_dir.exists()
 
 
 def loaded_libraries(pid: int) -> str:
