@@ -375,21 +375,26 @@ class Supervisor:
         return 0
 
     def _stop(self, children: list[Child], timeout: float) -> None:
-        running = [c.process for c in children if c.process is not None and c.process.poll() is None]
-        for process in running:
+        """SIGTERM to each of ``children`` that runs, SIGKILL to those still there after ``timeout``."""
+        running = [c for c in children if c.process is not None and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in running:
+        for child in running:
+            assert child.process is not None
             try:
-                process.wait(max(0.1, deadline - time.monotonic()))
+                child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                log.error("%s did not stop within %g s of SIGTERM: killing it", child.name, timeout)
+                child.process.kill()
+                child.process.wait()
             except KeyboardInterrupt:
                 for other in running:
+                    assert other.process is not None
                     with contextlib.suppress(ProcessLookupError):
-                        other.kill()
+                        other.process.kill()
                 raise
 
 
