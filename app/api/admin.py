@@ -7,6 +7,7 @@ other replicas follow at theirs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -19,9 +20,10 @@ from pydantic import BaseModel, Field
 from app.api.deps import RegistryDep, ServingDep
 from app.api.params import ALIAS_PATTERN, AliasName, ModelName, VersionNumber
 from app.auth import require_admin
+from app.errors import ApiError
 from app.schemas import ErrorBody
 from app.serving import Serving
-from registry import AliasMove, VersionInfo
+from registry import AliasMove, RegistryError, VersionInfo
 from registry.schemas import MAX_VERSION
 
 
@@ -40,6 +42,8 @@ class AdminRoute(APIRoute):
 
         return authenticated
 
+
+log = logging.getLogger("app")
 
 router = APIRouter(prefix="/v1/models/{name}", tags=["admin"], route_class=AdminRoute)
 
@@ -82,17 +86,42 @@ class ArchiveBody(BaseModel):
 
 class MoveResult(BaseModel):
     move: AliasMove
-    serving_version: int | None = Field(description="what this server now serves for the model")
+    serving_version: int | None = Field(
+        description="what this server now serves for the model (with `unconfirmed`: what it last said it serves)"
+    )
     load_error: str | None = Field(None, description="set when the new target failed to load here")
+    unconfirmed: str | None = Field(
+        None,
+        description="202: the move is recorded, but this server could not follow it now (why); it follows the "
+        "registry once it can, as at a poll",
+    )
 
 
-async def _after_move(serving: Serving, name: str, move: AliasMove) -> MoveResult:
-    view = await serving.moved(name)  # swap now; other replicas follow at their next poll
+MOVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
+    202: {"model": MoveResult, "description": "the move is recorded, but this server has not followed it yet"},
+}
+
+
+async def _after_move(serving: Serving, name: str, move: AliasMove, response: Response) -> MoveResult:
+    """Follow a recorded move here now (other replicas follow at their next poll). Once the move
+    is recorded, a failure to follow it must not read as a failed move: a client would retry or
+    give up on a move that has happened."""
+    try:
+        view = await serving.moved(name)
+        unconfirmed = None
+    except Exception as exc:
+        if not isinstance(exc, (ApiError, RegistryError)):
+            log.exception("following the move of %s failed", name)
+        response.status_code = 202
+        unconfirmed = getattr(exc, "message", None) or "this server failed to follow the move"
+        view = serving.view()
     model = view.models.get(name)
     return MoveResult(
         move=move,
         serving_version=model.current if model else None,
         load_error=model.last_error if model else None,
+        unconfirmed=unconfirmed,
     )
 
 
@@ -146,37 +175,51 @@ async def history(
     return await registry.history(name, alias)
 
 
-@router.put("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Point an alias at a version")
+@router.put(
+    "/aliases/{alias}", response_model=MoveResult, responses=MOVE_RESPONSES, summary="Point an alias at a version"
+)
 async def promote(
-    name: ModelName, alias: AliasName, body: PromoteBody, registry: RegistryDep, serving: ServingDep, actor: AdminDep
+    name: ModelName,
+    alias: AliasName,
+    body: PromoteBody,
+    registry: RegistryDep,
+    serving: ServingDep,
+    actor: AdminDep,
+    response: Response,
 ) -> MoveResult:
     move = await registry.promote(
         name=name, version=body.version, alias=alias, actor=actor, reason=body.reason, check=not body.no_check
     )
-    return await _after_move(serving, name, move)
+    return await _after_move(serving, name, move, response)
 
 
-@router.delete("/aliases/{alias}", response_model=MoveResult, responses=AUTH_ERRORS, summary="Remove an alias")
+@router.delete("/aliases/{alias}", response_model=MoveResult, responses=MOVE_RESPONSES, summary="Remove an alias")
 async def remove_alias(
     name: ModelName,
     alias: AliasName,
     registry: RegistryDep,
     serving: ServingDep,
     actor: AdminDep,
+    response: Response,
     reason: Annotated[str, Query(max_length=2000)] = "",
 ) -> MoveResult:
     move = await registry.remove_alias(name=name, alias=alias, actor=actor, reason=reason)
-    return await _after_move(serving, name, move)
+    return await _after_move(serving, name, move, response)
 
 
-@router.post("/rollback", response_model=MoveResult, responses=AUTH_ERRORS, summary="Move an alias back")
+@router.post("/rollback", response_model=MoveResult, responses=MOVE_RESPONSES, summary="Move an alias back")
 async def rollback(
-    name: ModelName, body: RollbackBody, registry: RegistryDep, serving: ServingDep, actor: AdminDep
+    name: ModelName,
+    body: RollbackBody,
+    registry: RegistryDep,
+    serving: ServingDep,
+    actor: AdminDep,
+    response: Response,
 ) -> MoveResult:
     move = await registry.rollback(
         name=name, alias=body.alias, actor=actor, reason=body.reason, check=not body.no_check
     )
-    return await _after_move(serving, name, move)
+    return await _after_move(serving, name, move, response)
 
 
 @router.post(

@@ -373,6 +373,34 @@ async def test_a_hung_inference_process_is_killed_and_the_host_serves_again(tmp_
     assert sum(1 for answer in answers if answer[1] == 200) > served_before
 
 
+async def test_a_move_the_host_cannot_follow_now_is_answered_202_and_served_once_it_can(tmp_path: Path) -> None:
+    """The move is in the registry before the host is told. Before, a promotion made while the
+    inference process hung was answered 503: ops read that as a failed move, which had happened."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))
+    with server_process(env, workers=2) as server:
+        (victim,) = children(server, "inference")
+        os.kill(victim, signal.SIGSTOP)
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(timeout=30, headers=admin) as client:
+            moved = await client.put(f"{server.url}/v1/models/colors/aliases/production", json={"version": 2})
+            assert moved.status_code == 202, moved.text
+            body = moved.json()
+            assert (body["move"]["from_version"], body["move"]["to_version"]) == (1, 2)
+            assert "inference process" in body["unconfirmed"]  # why this host did not follow it yet
+            history = (await client.get(f"{server.url}/v1/models/colors/history")).json()
+            assert history[-1]["to_version"] == 2
+            deadline = time.monotonic() + 30
+            while True:  # the hung process is replaced, and the new one loads what the registry says
+                answer = await post_red(client, server)
+                if answer.status_code == 200:
+                    break
+                assert answer.status_code == 503 and time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            assert [(await post_red(client, server)).json()["version"] for _ in range(5)] == [2] * 5
+            assert answer.json()["version"] == 2
+
+
 async def test_a_hung_front_end_is_replaced_but_a_host_stopped_whole_is_not(tmp_path: Path) -> None:
     backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
     env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))

@@ -460,7 +460,11 @@ document.getElementById("confirm-ok").addEventListener("click", async () => {
 
 function moveMessage(result, name) {
   const m = result.move;
-  const served = result.serving_version ? `; this server now serves v${result.serving_version}` : "";
+  const served = result.unconfirmed
+    ? `; recorded, but this server has not followed it yet (${result.unconfirmed}): it will once it can`
+    : result.serving_version
+      ? `; this server now serves v${result.serving_version}`
+      : "";
   const failed = result.load_error ? ` (load error: ${result.load_error})` : "";
   return `${name}: ${m.alias} ${ACTIONS[m.action] ?? m.action} from ${m.from_version ? `v${m.from_version}` : "none"} to ${m.to_version ? `v${m.to_version}` : "none"}${served}${failed}`;
 }
