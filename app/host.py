@@ -376,25 +376,22 @@ class Supervisor:
 
     def _stop(self, children: list[Child], timeout: float) -> None:
         """SIGTERM to each of ``children`` that runs, SIGKILL to those still there after ``timeout``."""
-        running = [c for c in children if c.process is not None and c.process.poll() is None]
-        for child in running:
-            assert child.process is not None
+        running = [(c.name, c.process) for c in children if c.process is not None and c.process.poll() is None]
+        for _, process in running:
             with contextlib.suppress(ProcessLookupError):
-                child.process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in running:
-            assert child.process is not None
+        for name, process in running:
             try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
+                process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %g s of SIGTERM: killing it", child.name, timeout)
-                child.process.kill()
-                child.process.wait()
+                log.error("%s did not stop within %g s of SIGTERM: killing it", name, timeout)
+                process.kill()
+                process.wait()
             except KeyboardInterrupt:
-                for other in running:
-                    assert other.process is not None
+                for _, other in running:
                     with contextlib.suppress(ProcessLookupError):
-                        other.process.kill()
+                        other.kill()
                 raise
 
 

@@ -55,13 +55,16 @@ class ServedModelInfo(BaseModel):
     last_error: str | None = Field(description="the last load failure, if the alias points to a version not served")
 
 
-class HealthResponse(BaseModel):
-    status: str
+class LiveResponse(BaseModel):
+    status: str = Field(description="ok, or hung: start the process again")
     error: str | None = Field(
         None,
-        description="/healthz with one worker: why the process must be started again (a model run that outlasted "
-        "SERVE_INFERENCE_TIMEOUT_S)",
+        description="with one worker, while hung: why (a model run that outlasted SERVE_INFERENCE_TIMEOUT_S)",
     )
+
+
+class HealthResponse(BaseModel):
+    status: str
     models: dict[str, Any] = {}
     registry_error: str | None = None
     inference_error: str | None = Field(

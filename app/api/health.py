@@ -7,23 +7,22 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import MetricsDep, ServingDep
-from app.schemas import HealthResponse
+from app.schemas import HealthResponse, LiveResponse
 
 router = APIRouter(tags=["health"])
 
 
 @router.get(
     "/healthz",
-    response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "the process is hung: start it again"}},
+    response_model=LiveResponse,
+    responses={503: {"model": LiveResponse, "description": "the process is hung: start it again"}},
     summary="Liveness: the process answers, and can serve again without a restart",
 )
 @router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz(serving: ServingDep) -> JSONResponse:
     hung = serving.hung()
-    if hung is not None:
-        return JSONResponse({"status": "hung", "error": hung}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    body = LiveResponse(status="ok" if hung is None else "hung", error=hung)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if hung is None else 503)
 
 
 @router.head("/readyz", include_in_schema=False)
@@ -53,7 +52,6 @@ async def readyz(serving: ServingDep) -> JSONResponse:
         workers=view.workers,
     )
     content = body.model_dump()
-    del content["error"]  # only /healthz says it
     for key in ("inference_error", "workers"):  # only the multi-process layout has them
         if content[key] is None:
             del content[key]
