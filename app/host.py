@@ -20,7 +20,8 @@ makes (`app.ipc`). When an inference process dies, the front ends see their conn
 what waited on it goes to another inference process when there is one up, and gets 503 at once
 otherwise; the supervisor starts a new one, which loads the served versions again. A front end
 that dies is started again. SIGTERM (or SIGINT) stops the front ends first, which stop accepting
-and finish their requests, then the inference processes; exit 0.
+and finish their requests, then the inference processes; exit 0, or 1 when one of them did not
+stop cleanly (it had to be killed, or left a model run unfinished).
 
 A process that cannot start at all (a required GPU missing, a broken configuration: exit status 3)
 stops the whole host with status 3 rather than being restarted in a loop.
@@ -281,6 +282,7 @@ class Supervisor:
                     listener.close()
             self._stop(front_ends, STOP_FRONT_ENDS_S)
             self._stop(inference, STOP_INFERENCE_S)
+            status = status or _unclean_stop(children)
             for child in children:
                 self._close_beats(child)
             for sig, handler in previous.items():
@@ -393,6 +395,23 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         other.kill()
                 raise
+
+
+STOPPED_CLEANLY = (0, -signal.SIGTERM, -signal.SIGINT)  # a process told twice ends with the signal, its drain done
+
+
+def _unclean_stop(children: list[Child]) -> int:
+    """1 when a process ended the stop other than cleanly, as the one process of `--workers 1` would
+    exit: it left a model run unfinished (status 1), or had to be killed. Else 0."""
+    ended = [
+        (child.name, child.process.poll())
+        for child in children
+        if child.restart_at is None and child.process is not None  # one with a restart due was logged when it died
+    ]
+    unclean = [(name, code) for name, code in ended if code not in (None, *STOPPED_CLEANLY)]
+    for name, code in unclean:
+        log.error("%s ended the stop with status %d: exiting with status 1", name, code)
+    return 1 if unclean else 0
 
 
 REUSE_PORT = sys.platform == "linux"  # elsewhere SO_REUSEPORT does not spread connections: one shared socket
