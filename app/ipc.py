@@ -414,16 +414,18 @@ class InferenceEndpoint:
 
     def view(self) -> HostView:
         loads = self._loads.values()
+        view = self._manager.view()
         workers = {
             "frontends": self._frontends,
             "frontends_up": len({load[0] for load in loads}),
             "inference": "up",
             "inference_processes": self._devices,
             "inference_up": [self._device],
+            "inference_ready": [self._device] if view.ready else [],
             "inflight": sum(load[1] for load in loads),
             "receiving": sum(load[2] for load in loads),
         }
-        return replace(self._manager.view(), workers=workers, cache_counts=self._serving.cache_counts())
+        return replace(view, workers=workers, cache_counts=self._serving.cache_counts())
 
     def _publish(self) -> None:
         header = {"op": "view", "view": view_to_json(self.view(), self._infos)}
@@ -759,7 +761,7 @@ class RemoteServing:
                 inference_error=self._down,
             )
         if self._down is not None:  # what it last said of itself no longer holds
-            workers = view.workers and {**view.workers, "inference": "down", "inference_up": []}
+            workers = view.workers and {**view.workers, "inference": "down", "inference_up": [], "inference_ready": []}
             return replace(view, inference_error=self._down, workers=workers)
         return view
 
@@ -1211,6 +1213,7 @@ def merge_views(views: list[HostView]) -> HostView:
             "inference": "up" if len(up) == len(views) else "degraded",
             "inference_processes": len(views),
             "inference_up": sorted(device for w in workers for device in w.get("inference_up", [])),
+            "inference_ready": sorted(device for w in workers for device in w.get("inference_ready", [])),
             "inflight": sum(w.get("inflight", 0) for w in workers),
             "receiving": sum(w.get("receiving", 0) for w in workers),
         },

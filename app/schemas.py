@@ -73,6 +73,7 @@ class HealthResponse(BaseModel):
     workers: dict[str, Any] | None = Field(
         None,
         description="with several workers: the front-end processes up (frontends, frontends_up), the inference "
-        "processes (inference_processes; inference_up, their numbers; inference: up, degraded while some are "
-        "down, or down while none answers) and the inference requests in flight",
+        "processes (inference_processes; inference_up, the numbers of those that answer; inference_ready, of "
+        "those that have loaded their models and take requests; inference: up, degraded while some are down, or "
+        "down while none answers) and the inference requests in flight",
     )

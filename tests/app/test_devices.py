@@ -75,7 +75,14 @@ def view(*, ready: bool = True, queued: int = 0, error: str | None = None, devic
         loaded=loaded if ready else [],
         infos={},
         inference_error=error,
-        workers={"frontends": 4, "frontends_up": 4, "inference": "up", "inference_up": [device], "inflight": 3},
+        workers={
+            "frontends": 4,
+            "frontends_up": 4,
+            "inference": "up",
+            "inference_up": [device],
+            "inference_ready": [device] if ready else [],
+            "inflight": 3,
+        },
     )
 
 
@@ -85,7 +92,7 @@ def test_the_host_is_ready_while_one_process_is_and_queues_add_up() -> None:
     assert [v.queued_rows for v in merged.loaded] == [7]
     assert merged.workers is not None
     assert merged.workers["inference"] == "up"
-    assert merged.workers["inference_up"] == [0, 1]
+    assert merged.workers["inference_up"] == merged.workers["inference_ready"] == [0, 1]
     assert merged.workers["inflight"] == 6
 
     # One restarted and still loading: the host serves from the other, and says it is degraded.
@@ -94,6 +101,7 @@ def test_the_host_is_ready_while_one_process_is_and_queues_add_up() -> None:
     assert merged.models["digits"].current == 2
     assert merged.workers is not None
     assert merged.workers["inference"] == "up"  # both are up; one is loading
+    assert (merged.workers["inference_up"], merged.workers["inference_ready"]) == ([0, 1], [1])
     down = replace(view(), inference_error="the inference process restarted, retry")
     merged = merge_views([down, view(device=1)])
     assert merged.ready
