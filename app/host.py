@@ -263,26 +263,25 @@ class Supervisor:
             for child in children:
                 self._start(child)
             tick = time.monotonic()
-            while not self._stopping:
-                time.sleep(0.05)
-                now = time.monotonic()
-                if now - tick > SUSPENDED_S:  # every process stood still with it: none of them hangs
+            with contextlib.suppress(KeyboardInterrupt):  # told twice before the loop saw the first
+                while not self._stopping:
+                    time.sleep(0.05)
+                    now = time.monotonic()
+                    if now - tick > SUSPENDED_S:  # every process stood still with it: none of them hangs
+                        for child in children:
+                            if child.beat_at is not None:
+                                child.beat_at = now
+                    tick = now
                     for child in children:
-                        if child.beat_at is not None:
-                            child.beat_at = now
-                tick = now
-                for child in children:
-                    status = self._watch(child, now)
-                    if status:
-                        self._stopping = True
-                        break
+                        status = self._watch(child, now)
+                        if status:
+                            self._stopping = True
+                            break
         finally:
             for listener in [self._shared, *(child.listener for child in front_ends)]:
                 if listener is not None:  # new connections are refused once the front ends close theirs too
                     listener.close()
-            self._stop(front_ends, STOP_FRONT_ENDS_S)
-            self._stop(inference, STOP_INFERENCE_S)
-            status = status or _unclean_stop(children)
+            status = status or self._stop_all(front_ends, inference)
             for child in children:
                 self._close_beats(child)
             for sig, handler in previous.items():
@@ -293,7 +292,7 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
         self._stopping = True
-        if self._signals > 1:  # a second Ctrl-C: do not wait for the drain
+        if self._signals == 2:  # a second Ctrl-C: do not wait for the drain (a third changes nothing)
             raise KeyboardInterrupt
 
     def _start(self, child: Child) -> None:
@@ -376,6 +375,26 @@ class Supervisor:
         log.error("%s exited with status %d after %.1f s: restarting in %.1f s", child.name, code, lived, child.delay)
         return 0
 
+    def _stop_all(self, front_ends: list[Child], inference: list[Child]) -> int:
+        """Stop the front ends, then the inference processes; the status to exit with (see `_unclean_stop`).
+        Told a second time to stop, kill them all at once: 1."""
+        children = [*inference, *front_ends]
+        try:
+            if self._signals < 2:
+                self._stop(front_ends, STOP_FRONT_ENDS_S)
+                self._stop(inference, STOP_INFERENCE_S)
+                return _unclean_stop(children)
+        except KeyboardInterrupt:
+            pass
+        log.warning("told again to stop: killing every process without waiting for the requests in flight")
+        running = [child.process for child in children if child.process is not None and child.process.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        for process in running:
+            process.wait()
+        return 1
+
     def _stop(self, children: list[Child], timeout: float) -> None:
         """SIGTERM to each of ``children`` that runs, SIGKILL to those still there after ``timeout``."""
         running = [(c.name, c.process) for c in children if c.process is not None and c.process.poll() is None]
@@ -390,11 +409,6 @@ class Supervisor:
                 log.error("%s did not stop within %g s of SIGTERM: killing it", name, timeout)
                 process.kill()
                 process.wait()
-            except KeyboardInterrupt:
-                for _, other in running:
-                    with contextlib.suppress(ProcessLookupError):
-                        other.kill()
-                raise
 
 
 STOPPED_CLEANLY = (0, -signal.SIGTERM, -signal.SIGINT)  # a process told twice ends with the signal, its drain done

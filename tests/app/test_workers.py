@@ -330,6 +330,66 @@ async def test_a_supervisor_killed_with_sigkill_leaves_no_process_and_no_run_dir
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("whole_group", [False, True], ids=["supervisor", "terminal"])
+async def test_ctrl_c_twice_kills_the_host_at_once_without_a_traceback(tmp_path: Path, whole_group: bool) -> None:
+    """The first Ctrl-C drains; a second one means "do not wait". Before, the supervisor raised a
+    KeyboardInterrupt out of its drain: a traceback, its inference process left to notice it had
+    gone, and the run directory left to that process to remove. ``terminal``: both Ctrl-Cs go to
+    every process of the host, as a terminal sends them to its foreground job."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2, log_level="info", own_group=whole_group) as server:
+        processes = descendants(server.proc.pid)
+        arguments = Path(f"/proc/{children(server, 'inference')[0]}/cmdline").read_bytes().decode().split("\0")
+        run_dir = Path(arguments[arguments.index("--run-dir") + 1])
+        never = asyncio.Event()
+        url = f"{server.url}{PREDICT}"
+        encoded = httpx.Request("POST", url, files={"images": ("r.png", solid("red"), "image/png")})
+        body = encoded.read()
+
+        async def half_a_body() -> AsyncIterator[bytes]:  # keeps the request in flight: the drain waits for it
+            yield body[: len(body) // 2]
+            await never.wait()
+
+        headers = {"content-type": encoded.headers["content-type"]}
+        async with httpx.AsyncClient(timeout=30) as client:
+            pending = asyncio.ensure_future(client.post(url, content=half_a_body(), headers=headers))
+            sent = time.monotonic()
+            while metric((await client.get(f"{server.url}/metrics")).text, "http_inference_requests_receiving") < 1:
+                assert time.monotonic() - sent < 20, "the request never reached the server"
+                await asyncio.sleep(0.05)
+
+            def interrupt() -> None:
+                if whole_group:
+                    os.killpg(server.proc.pid, signal.SIGINT)
+                else:
+                    server.proc.send_signal(signal.SIGINT)
+
+            interrupt()
+            while "Waiting for connections to close" not in server.log_text():  # the drain has begun
+                assert time.monotonic() - sent < 30, "the first Ctrl-C began no drain"
+                await asyncio.sleep(0.05)
+            interrupt()
+            stopped = time.monotonic()
+            try:
+                assert server.proc.wait(10) == 1  # not 0: requests in flight were cut off
+                took = time.monotonic() - stopped
+                while any(alive(pid) for pid, _ in processes):
+                    assert time.monotonic() - stopped < 10, "a process of the host outlived the second Ctrl-C"
+                    await asyncio.sleep(0.05)
+            finally:
+                kill_leftovers(processes)
+            pending.cancel()  # its body never ends: the client would wait on it, not on the host
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        log = server.log_text()
+    print(f"the host gone {took:.2f} s after the second Ctrl-C")
+    assert "told again to stop: killing every process" in log
+    # The supervisor's own traceback. (A front end that gets the terminal's second Ctrl-C itself
+    # may log uvicorn's lifespan traceback before it is killed: uvicorn's own force exit.)
+    assert "app/host.py" not in log and "KeyboardInterrupt" not in log
+    assert not run_dir.exists()
+
+
 HANG_TIMEOUT_S = 3.0
 HUNG = "has sent no heartbeat for"
 
