@@ -262,21 +262,8 @@ class Supervisor:
         try:
             for child in children:
                 self._start(child)
-            tick = time.monotonic()
             with contextlib.suppress(KeyboardInterrupt):  # told twice before the loop saw the first
-                while not self._stopping:
-                    time.sleep(0.05)
-                    now = time.monotonic()
-                    if now - tick > SUSPENDED_S:  # every process stood still with it: none of them hangs
-                        for child in children:
-                            if child.beat_at is not None:
-                                child.beat_at = now
-                    tick = now
-                    for child in children:
-                        status = self._watch(child, now)
-                        if status:
-                            self._stopping = True
-                            break
+                status = self._watch_until_stopped(children)
         finally:
             for listener in [self._shared, *(child.listener for child in front_ends)]:
                 if listener is not None:  # new connections are refused once the front ends close theirs too
@@ -288,6 +275,23 @@ class Supervisor:
                 signal.signal(sig, handler)
             shutil.rmtree(run_dir, ignore_errors=True)
         return status
+
+    def _watch_until_stopped(self, children: list[Child]) -> int:
+        """Restart what dies or hangs until told to stop; a status to stop the host with, or 0."""
+        tick = time.monotonic()
+        while not self._stopping:
+            time.sleep(0.05)
+            now = time.monotonic()
+            if now - tick > SUSPENDED_S:  # every process stood still with it: none of them hangs
+                for child in children:
+                    if child.beat_at is not None:
+                        child.beat_at = now
+            tick = now
+            for child in children:
+                status = self._watch(child, now)
+                if status:
+                    return status
+        return 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -379,13 +383,13 @@ class Supervisor:
         """Stop the front ends, then the inference processes; the status to exit with (see `_unclean_stop`).
         Told a second time to stop, kill them all at once: 1."""
         children = [*inference, *front_ends]
-        try:
-            if self._signals < 2:
+        if self._signals < 2:
+            try:
                 self._stop(front_ends, STOP_FRONT_ENDS_S)
                 self._stop(inference, STOP_INFERENCE_S)
                 return _unclean_stop(children)
-        except KeyboardInterrupt:
-            pass
+            except KeyboardInterrupt:  # told again meanwhile
+                pass
         log.warning("told again to stop: killing every process without waiting for the requests in flight")
         running = [child.process for child in children if child.process is not None and child.process.poll() is None]
         for process in running:
