@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.ipc import DEAD_AFTER_S
 from tests.conftest import Backend, _sqlite_backend
 from tests.images import solid
 from tests.onnx_models import color_classifier, color_metadata
@@ -439,9 +440,13 @@ async def test_a_hung_inference_process_is_killed_and_the_host_serves_again(tmp_
 
 async def test_a_move_the_host_cannot_follow_now_is_answered_202_and_served_once_it_can(tmp_path: Path) -> None:
     """The move is in the registry before the host is told. Before, a promotion made while the
-    inference process hung was answered 503: ops read that as a failed move, which had happened."""
+    inference process hung was answered 503: ops read that as a failed move, which had happened.
+
+    The front end gives up on the hung process after `DEAD_AFTER_S`; the supervisor replaces it only
+    later, so that the move's answer cannot come from its replacement. (With both at 3 s, a
+    promotion slowed by a busy machine was once answered 200 by the new process, serving v2.)"""
     backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
-    env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))
+    env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(DEAD_AFTER_S + 5))
     with server_process(env, workers=2) as server:
         (victim,) = children(server, "inference")
         os.kill(victim, signal.SIGSTOP)
