@@ -21,7 +21,9 @@ what waited on it goes to another inference process when there is one up, and ge
 otherwise; the supervisor starts a new one, which loads the served versions again. A front end
 that dies is started again. SIGTERM (or SIGINT) stops the front ends first, which stop accepting
 and finish their requests, then the inference processes; exit 0, or 1 when one of them did not
-stop cleanly (it had to be killed, or left a model run unfinished).
+stop cleanly (it had to be killed, or left a model run unfinished). The other processes leave
+Ctrl-C to the supervisor, also when a terminal sends it to each of them: a second one makes the
+supervisor kill them all at once.
 
 A process that cannot start at all (a required GPU missing, a broken configuration: exit status 3)
 stops the whole host with status 3 rather than being restarted in a loop.
@@ -54,6 +56,7 @@ from app.heartbeat import beating
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
 
     import uvicorn
 
@@ -614,6 +617,17 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
     if problem:  # its start-up would fail with a traceback
         log.error("%s", problem)
         return FATAL
+
+    class FrontEndServer(uvicorn.Server):
+        """Ctrl-C is the supervisor's: it stops this process with SIGTERM, and on a second Ctrl-C it
+        kills the host. A terminal sends Ctrl-C to every process of its job, and uvicorn would take
+        the second one as a force exit of its own: it cancels the requests in flight and its
+        lifespan, and logs each as a traceback before the supervisor's kill lands."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig != signal.SIGINT:
+                super().handle_exit(sig, frame)
+
     servers: list[uvicorn.Server] = []  # uvicorn's SIGTERM handler sets should_exit, also while the app starts
     front_end = FrontEnd(
         run_dir=run_dir,
@@ -635,9 +649,10 @@ def _serve_front_end(run_dir: Path, slot: int, fd: int, log_level: str, devices:
         ),
         timeout_keep_alive=int(max(1, round(settings.limits.keep_alive_timeout_s))),
     )
-    server = uvicorn.Server(config)
+    server = FrontEndServer(config)
     servers.append(server)
     stop_quietly(server)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as FrontEndServer does while it serves
     server.run(sockets=[socket.socket(fileno=fd)])
     return 0 if server.started else FATAL
 

@@ -389,9 +389,9 @@ async def test_ctrl_c_twice_kills_the_host_at_once_without_a_traceback(tmp_path:
         log = server.log_text()
     print(f"the host gone {took:.2f} s after the second Ctrl-C")
     assert "told again to stop: killing every process" in log
-    # The supervisor's own traceback. (A front end that gets the terminal's second Ctrl-C itself
-    # may log uvicorn's lifespan traceback before it is killed: uvicorn's own force exit.)
-    assert "app/host.py" not in log and "KeyboardInterrupt" not in log
+    # Nor any process's: with the terminal's Ctrl-Cs, uvicorn in a front end took the second one as
+    # its own force exit and logged the cancelled request and lifespan (3 runs in 6, before).
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
     assert not run_dir.exists()
 
 
