@@ -23,6 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batcher import BatchStats
+from app.protocol import HEAD_LIMIT, MAX_PIPELINED
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -91,9 +92,9 @@ class Metrics:
         self.closed_early = Counter(
             "http_connections_closed_early",
             "Connections the HTTP layer closed on its own: a request it could not parse (malformed, 400), headers "
-            "not in time (header_timeout, 408), a request line and headers over 64 KiB (head_too_large, 414 or "
-            "431), more than 16 pipelined requests waiting (pipeline_full), answers the client did not read in time "
-            "(send_timeout)",
+            f"not in time (header_timeout, 408), a request line and headers over {HEAD_LIMIT} (head_too_large, 414 "
+            f"or 431), more than {MAX_PIPELINED} pipelined requests waiting (pipeline_full), answers the client did "
+            "not read in time (send_timeout)",
             ["reason"],
             registry=r,
         )

@@ -70,10 +70,14 @@ def _closing_response(status: bytes, error: str) -> bytes:
     )
 
 
+MAX_PIPELINED = 16  # requests a connection may have waiting behind the one being answered
+MAX_HEAD_BYTES = 64 * 1024  # a request's URL and headers together
+HEAD_LIMIT = f"{MAX_HEAD_BYTES // 1024} KiB"  # as errors and help texts say it
+
 TIMEOUT_RESPONSE = _closing_response(b"408 Request Timeout", "request headers not received in time")
-URL_TOO_LONG_RESPONSE = _closing_response(b"414 URI Too Long", "the request line is over 64 KiB")
+URL_TOO_LONG_RESPONSE = _closing_response(b"414 URI Too Long", f"the request line is over {HEAD_LIMIT}")
 HEADERS_TOO_LARGE_RESPONSE = _closing_response(
-    b"431 Request Header Fields Too Large", "the request line and headers are over 64 KiB together"
+    b"431 Request Header Fields Too Large", f"the request line and headers are over {HEAD_LIMIT} together"
 )
 MALFORMED_RESPONSE = _closing_response(
     b"400 Bad Request", "malformed HTTP request: the request line or headers could not be parsed"
@@ -144,8 +148,6 @@ class ParserWarnings:
 
 _PARSER_WARNINGS = ParserWarnings()  # one per process, for all its connections
 
-MAX_PIPELINED = 16  # requests a connection may have waiting behind the one being answered
-MAX_HEAD_BYTES = 64 * 1024  # a request's URL and headers together
 LINGER_S = 2.0  # after a full pipeline's last answer: how long the client has to close its side
 
 
