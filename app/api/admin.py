@@ -114,7 +114,8 @@ async def _after_move(serving: Serving, name: str, move: AliasMove, response: Re
         if not isinstance(exc, (ApiError, RegistryError)):
             log.exception("following the move of %s failed", name)
         response.status_code = 202
-        unconfirmed = getattr(exc, "message", None) or "this server failed to follow the move"
+        why = getattr(exc, "message", None) or "this server failed to follow the move"
+        unconfirmed = why.removesuffix(", retry")  # advice for a request that can be sent again; a move cannot
         view = serving.view()
     model = view.models.get(name)
     return MoveResult(

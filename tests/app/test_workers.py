@@ -470,6 +470,39 @@ async def test_a_move_the_host_cannot_follow_now_is_answered_202_and_served_once
             assert answer.json()["version"] == 2
 
 
+async def test_a_move_whose_inference_process_is_lost_meanwhile_says_why_without_asking_for_a_retry(
+    tmp_path: Path,
+) -> None:
+    """The move waits on a stopped inference process, which is then killed: the front end's
+    connection closes, and the wait ends with the inference clients' reason. Its ", retry" used
+    to reach the 202 (and the console: "recorded, but … (the inference process restarted,
+    retry)"), though repeating a recorded move fails with 409."""
+    backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
+    with server_process(env_for(backend), workers=2) as server:
+        (victim,) = children(server, "inference")
+        os.kill(victim, signal.SIGSTOP)
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(timeout=30, headers=admin) as client:
+            moving = asyncio.ensure_future(
+                client.put(f"{server.url}/v1/models/colors/aliases/production", json={"version": 2, "no_check": True})
+            )
+            deadline = time.monotonic() + 10
+            while True:  # recorded: the front end now waits on the stopped process
+                with backend.registry() as reg:
+                    if reg.aliases("colors")["production"] == 2:
+                        break
+                assert time.monotonic() < deadline and not moving.done(), "the move was not recorded"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            os.kill(victim, signal.SIGKILL)
+            moved = await moving
+            assert moved.status_code == 202, moved.text
+            why = moved.json()["unconfirmed"]
+            assert "inference process" in why and "retry" not in why, why
+            again = await client.put(f"{server.url}/v1/models/colors/aliases/production", json={"version": 2})
+            assert again.status_code == 409  # what a retry of the move would have got
+
+
 async def test_a_hung_front_end_is_replaced_but_a_host_stopped_whole_is_not(tmp_path: Path) -> None:
     backend = colors_backend(_sqlite_backend(tmp_path), tmp_path)
     env = env_for(backend, SERVE_HANG_TIMEOUT_S=str(HANG_TIMEOUT_S))
